@@ -1,0 +1,188 @@
+"""The ``ethos`` command line.
+
+Exit codes: 0 ok; 1 errors (diagnostics in a policy, bad data, a failed run); 2 usage (bad
+arguments); 3 an expectation failed (``ethos plan``). A bad policy never shows a traceback: it
+shows diagnostics. ``ETHOS_DEBUG=1`` shows the traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from ethos.compiler.compile import Result, compile_file
+from ethos.compiler.diff import diff_plans
+from ethos.compiler.errors import render_all
+from ethos.compiler.fmt import format_file
+from ethos.compiler.parse import decode, parse
+from ethos.compiler.ast import to_ast
+from ethos.compiler.plan import dump_plan
+
+from .io import atomic_write_text
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_EXPECTATION = 0, 1, 2, 3
+
+# Modules that add their own subcommands with ``register(subparsers)``.
+COMMAND_MODULES = ("ethos.runtime.featurize",)
+
+
+def _print_diagnostics(results: list[tuple[str, Result]], as_json: bool) -> None:
+    if as_json:
+        payload = {
+            "files": [
+                {"path": path, "ok": r.ok, "diagnostics": [d.model_dump(mode="json") for d in r.diagnostics]}
+                for path, r in results
+            ]
+        }
+        print(json.dumps(payload, indent=2))
+        return
+    for _, r in results:
+        if r.diagnostics:
+            print(render_all(r.diagnostics), file=sys.stderr)
+
+
+def cmd_check(args) -> int:
+    results = [(p, compile_file(p)) for p in args.files]
+    _print_diagnostics(results, args.json)
+    if args.summary and not args.json:
+        from .summary import print_plan_summary
+
+        for _, r in results:
+            if r.plan is not None:
+                print_plan_summary(r.plan)
+    if not args.json:
+        bad = sum(not r.ok for _, r in results)
+        print(f"checked {len(results)} polic{'y' if len(results) == 1 else 'ies'}: "
+              f"{len(results) - bad} ok, {bad} with errors", file=sys.stderr)
+    return EXIT_OK if all(r.ok for _, r in results) else EXIT_ERRORS
+
+
+def cmd_compile(args) -> int:
+    r = compile_file(args.file)
+    _print_diagnostics([(args.file, r)], args.json)
+    if r.plan is None:
+        return EXIT_ERRORS
+    text = dump_plan(r.plan)
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+    elif not args.json:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_fmt(args) -> int:
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            print(f"{path}: error: cannot read: {e.strerror or e}", file=sys.stderr)
+            status = EXIT_ERRORS
+            continue
+        text, diags = decode(data, path)
+        parsed = parse(text, path) if text is not None else None
+        if parsed is None or parsed.tree is None:
+            from ethos.compiler.errors import attach_snippets
+
+            diags = diags or attach_snippets(parsed.diagnostics, text)
+            print(render_all(diags), file=sys.stderr)
+            status = EXIT_ERRORS
+            continue
+        formatted = format_file(to_ast(parsed.tree, path, parsed.comments))
+        if args.check:
+            if formatted != text:
+                print(f"would reformat {path}", file=sys.stderr)
+                status = max(status, EXIT_ERRORS)
+        elif args.write:
+            if formatted != text:
+                atomic_write_text(Path(path), formatted)
+                print(f"reformatted {path}", file=sys.stderr)
+        else:
+            sys.stdout.write(formatted)
+    return status
+
+
+def cmd_diff(args) -> int:
+    old, new = compile_file(args.old), compile_file(args.new)
+    if not (old.ok and new.ok):
+        _print_diagnostics([(args.old, old), (args.new, new)], args.json)
+        return EXIT_ERRORS
+    changes = diff_plans(old.plan, new.plan)
+    if args.json:
+        print(json.dumps({"changes": [c.to_dict() for c in changes]}, indent=2))
+    elif not changes:
+        print("no changes in meaning")
+    else:
+        for c in changes:
+            print(f"{c.op} {c.text}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ethos",
+        description="Decide, concept by concept, what preference data teaches a model.",
+        epilog="exit codes: 0 ok, 1 errors, 2 usage, 3 an expectation failed (plan)",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("check", help="validate policies")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--json", action="store_true", help="print diagnostics as JSON")
+    s.add_argument("--summary", action="store_true", help="print a summary of each compiled plan")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("fmt", help="print policies in canonical form")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--check", action="store_true", help="exit 1 if a file is not in canonical form")
+    g.add_argument("--write", action="store_true", help="rewrite files in place")
+    s.set_defaults(func=cmd_fmt)
+
+    s = sub.add_parser("compile", help="print the plan JSON of a policy")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("-o", "--output", metavar="PLAN_JSON", help="write the plan here (atomically)")
+    s.add_argument("--json", action="store_true", help="print diagnostics as JSON")
+    s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("diff", help="what changed in meaning between two policies")
+    s.add_argument("old", metavar="OLD")
+    s.add_argument("new", metavar="NEW")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_diff)
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("ethos: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # an internal error: one line, unless asked for the traceback
+        if os.environ.get("ETHOS_DEBUG"):
+            raise
+        print(f"ethos: internal error: {type(e).__name__}: {e} (set ETHOS_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_ERRORS
+
+
+if __name__ == "__main__":
+    sys.exit(main())
