@@ -13,20 +13,19 @@ from typing import Union
 
 from lark import Token, Transformer, Tree, v_args
 
-from .plan import Span
 
 
 @dataclass(frozen=True)
 class Ident:
     text: str
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class Num:
     text: str  # as written, kept for fmt
     value: float
-    span: Span
+    span: Loc
 
     @property
     def is_int(self) -> bool:
@@ -37,58 +36,58 @@ class Num:
 class Str:
     raw: str  # as written, with quotes and escapes, kept for fmt
     value: str
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class PolicyDecl:
     name: Str
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class ModelDecl:
     name: Str
     layer: Num | None
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class SaeDecl:
     name: Str
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class Pool:
     mode: Ident
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class MetricLens:
     metric: Ident
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class LexiconLens:
     path: Str
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class ProbeLens:
     path: Str
     pool: Pool | None
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class FeaturesLens:
     latents: tuple[Num, ...]
     pool: Pool | None
-    span: Span
+    span: Loc
 
 
 LensNode = Union[MetricLens, LexiconLens, ProbeLens, FeaturesLens]
@@ -98,14 +97,14 @@ LensNode = Union[MetricLens, LexiconLens, ProbeLens, FeaturesLens]
 class ConceptDef:
     name: Ident
     lens: LensNode
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class Protocol:
     name: Ident
     arg: Str | Num | None
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
@@ -114,13 +113,13 @@ class Rule:
     concept: Ident
     factor: Num | None
     protocol: Protocol | None
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class Phase:
     when: Ident  # after | before
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,7 @@ class ExpectConcept:
     op: Ident
     value: Num
     phase: Phase | None
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
@@ -138,14 +137,14 @@ class ExpectPairs:
     fate: Ident
     op: Ident
     value: Num
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
 class ExpectEss:
     op: Ident
     value: Num
-    span: Span
+    span: Loc
 
 
 Statement = Union[PolicyDecl, ModelDecl, SaeDecl, ConceptDef, Rule, ExpectConcept, ExpectPairs, ExpectEss]
@@ -154,7 +153,7 @@ Statement = Union[PolicyDecl, ModelDecl, SaeDecl, ConceptDef, Rule, ExpectConcep
 @dataclass(frozen=True)
 class Comment:
     text: str
-    span: Span
+    span: Loc
 
 
 @dataclass(frozen=True)
@@ -167,9 +166,25 @@ class PolicyFile:
 # ---------------------------------------------------------------------------------------------
 
 
-def span_of(file: str, obj: Token | object) -> Span:
-    """The span of a lark token or a tree's meta."""
-    return Span(
+@dataclass(frozen=True, slots=True)
+class Loc:
+    """A node's position in the AST: the same fields as ``plan.Span``, which accepts a Loc where a
+    Span is expected. A plain slotted dataclass, because the AST makes one per token and pydantic
+    construction would dominate the compile time of a large policy."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+def span_of(file: str, obj: Token | object) -> Loc:
+    """The position of a lark token or a tree's meta."""
+    return Loc(
         file=file,
         line=obj.line,
         column=obj.column,
@@ -208,7 +223,7 @@ class _ToAst(Transformer):
         super().__init__()
         self.file = file
 
-    def _span(self, meta) -> Span:
+    def _span(self, meta) -> Loc:
         return span_of(self.file, meta)
 
     # terminals

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,16 @@ STATEMENT_KEYWORDS = ("policy", "model", "sae", "concept", "block", "dampen", "k
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+_sink = threading.local()  # where the lexer drops comments during one parse
+
+
+def _collect_comment(tok: Token) -> Token:
+    comments = getattr(_sink, "comments", None)
+    if comments is not None:
+        comments.append(tok)
+    return tok
+
+
 @functools.lru_cache(maxsize=1)
 def parser() -> Lark:
     return Lark(
@@ -32,6 +43,7 @@ def parser() -> Lark:
         lexer="contextual",
         propagate_positions=True,
         maybe_placeholders=False,
+        lexer_callbacks={"COMMENT": _collect_comment},
     )
 
 
@@ -93,10 +105,12 @@ def parse(text: str, path: str) -> Parsed:
 
 
 def _parse_once(text: str, comments: list[Token]) -> Tree:
-    tree = parser().parse(text)
-    if "#" in text:  # comments are ignored by the parser; fmt needs them, so lex them out once more
-        comments.extend(t for t in parser().lex(text, dont_ignore=True) if t.type == "COMMENT")
-    return tree
+    # comments are ignored by the grammar; fmt needs them, so the lexer hands them to ``comments``
+    _sink.comments = comments
+    try:
+        return parser().parse(text)
+    finally:
+        _sink.comments = None
 
 
 def _blank(text: str, upto: int) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FORMAT_VERSION = "1"
 
@@ -29,6 +29,14 @@ class Span(Frozen):
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_position(cls, data):
+        """Accept any object with the five fields (the AST's ``Loc``)."""
+        if not isinstance(data, dict) and hasattr(data, "end_column"):
+            return {f: getattr(data, f) for f in ("file", "line", "column", "end_line", "end_column")}
+        return data
 
 
 # ---------------------------------------------------------------------------------------------

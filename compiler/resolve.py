@@ -129,7 +129,9 @@ def _locate(written: str, policy_path: str, library_root: Path) -> tuple[Path | 
     for full, root in candidates:
         if full.is_file():
             return full, root, []
-    return None, "", [str(full.parent) + os.sep for full, _ in candidates]
+    return None, "", [
+        "the concept library (specs/)" if root == "library" else str(full.parent) + os.sep for full, root in candidates
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,98 @@
+import pytest
+
+from ethos.compiler.check import PROTOCOLS, protocols_for
+from ethos.compiler.compile import compile_source
+
+
+def diag_codes(text):
+    return [d.code for d in compile_source(text).diagnostics]
+
+
+@pytest.mark.parametrize("text,code", [
+    ("amplify concept refusal by 0.5;", "E303"),
+    ("dampen concept hedging by 3;", "E303"),
+    ("dampen concept hedging by -0.5;", "E303"),
+    ("dampen concept hedging by 0;", "E303"),
+    ("amplify concept refusal by 1;", "E303"),
+    ("amplify concept refusal by 1e999;", "E303"),
+    ("amplify concept refusal;", "E302"),
+    ("block concept refusal by 0.5;", "E301"),
+    ("reverse concept refusal by 2;", "E301"),
+    ("keep concept emoji via data;", "E304"),
+    ("block concept refusal via ablate;", "E305"),
+    ("amplify concept refusal by 2 via steering 4;", "E306"),
+    ("amplify concept refusal by 2 via relabel;", "E306"),
+    ("block concept verbosity via ablation;", "E307"),
+    ("block concept hedging via steering 2;", "E307"),
+    ("block concept verbosity via penalty 0.1;", "E307"),
+    ("block concept refusal via relabel 1;", "E310"),
+    ("block concept refusal via steering;", "E311"),
+    ('block concept refusal via inoculation "";', "E312"),
+    ("block concept refusal via inoculation 3;", "E312"),
+    ("block concept refusal via steering -1;", "E313"),
+    ("block concept refusal via penalty 0;", "E313"),
+])
+def test_rule_errors(text, code):
+    assert diag_codes(text) == [code]
+
+
+def test_two_factors_for_one_concept_names_both_positions():
+    r = compile_source("block concept refusal;\n\namplify concept refusal by 2;", "p.ethos")
+    (d,) = r.diagnostics
+    assert d.code == "E308" and d.span.line == 3
+    assert "at 1:1" in d.hint and "k = 2" in d.hint and "k = 0" in d.hint
+
+
+def test_keep_conflicts_with_block():
+    assert diag_codes("keep concept emoji;\nblock concept emoji;") == ["E308"]
+
+
+def test_one_factor_through_several_protocols_is_fine():
+    r = compile_source("block concept sycophancy;\nblock concept sycophancy via ablation;\n"
+                       'block concept sycophancy via inoculation "You agree.";')
+    assert r.ok and r.diagnostics == []
+    assert [i.protocol for i in r.plan.interventions] == ["data", "ablation", "inoculation"]
+    assert r.plan.interventions[2].text == "You agree."
+    assert r.plan.factors() == {"sycophancy": 0.0}
+
+
+def test_duplicate_rule_is_a_warning_and_conflicting_args_an_error():
+    r = compile_source("block concept refusal;\nblock concept refusal via data;")
+    assert r.ok and [d.code for d in r.diagnostics] == ["W302"]
+    assert diag_codes("block concept refusal via steering 2;\nblock concept refusal via steering 3;") == ["E309"]
+
+
+def test_no_rules_is_a_warning():
+    r = compile_source('policy "x";')
+    assert r.ok and [d.code for d in r.diagnostics] == ["W301"]
+
+
+def test_errors_are_all_collected():
+    text = "block concept sycofancy;\namplify concept refusal by 0.5;\nconcept v = metric lenght;\n"
+    r = compile_source(text, "p.ethos")
+    assert [(d.code, d.span.line, d.span.column) for d in r.diagnostics] == [
+        ("E201", 1, 15), ("E303", 2, 28), ("E207", 3, 20)]
+
+
+def test_factors_and_default_protocol():
+    plan = compile_source("dampen concept hedging by 0.5;\namplify concept refusal by 2.0;\n"
+                          "reverse concept apology via loss;\nkeep concept emoji;").plan
+    assert plan.factors() == {"apology": -1.0, "emoji": 1.0, "hedging": 0.5, "refusal": 2.0}
+    assert [i.protocol for i in plan.interventions] == ["data", "data", "loss"]
+
+
+def test_protocol_table_matches_design():
+    assert set(PROTOCOLS) == {"data", "filter", "relabel", "inoculation", "loss", "ablation", "steering", "penalty"}
+    assert "steering" not in protocols_for("amplify", "probe")
+    assert "relabel" not in protocols_for("amplify", "metric")
+    assert protocols_for("block", "metric") == ["data", "filter", "relabel", "inoculation", "loss"]
+    assert "ablation" in protocols_for("block", "features")
+
+
+def test_expectations_are_typed():
+    plan = compile_source("block concept verbosity;\nexpect concept verbosity share < 0.05;\n"
+                          "expect pairs kept >= 0.8;\nexpect ess > 0.5;\n"
+                          "expect concept verbosity alpha > 0 before plan;").plan
+    kinds = [(e.kind, getattr(e, "phase", None)) for e in plan.expectations]
+    assert kinds == [("concept", "after"), ("pairs", None), ("ess", None), ("concept", "before")]
+    assert plan.expectations[0].text == "expect concept verbosity share < 0.05;"

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from ethos.compiler.ast import to_ast
+from ethos.compiler.fmt import format_file
+from ethos.compiler.parse import parse
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICIES = sorted((ROOT / "specs" / "examples").glob("*.ethos")) + sorted(
+    (ROOT / "tests" / "fixtures" / "compile").glob("*.ethos"))
+
+
+def fmt(text: str) -> str:
+    parsed = parse(text, "t.ethos")
+    assert parsed.tree is not None, parsed.diagnostics
+    return format_file(to_ast(parsed.tree, "t.ethos", parsed.comments))
+
+
+@pytest.mark.parametrize("path", POLICIES, ids=lambda p: p.name)
+def test_fmt_is_idempotent_and_keeps_comments(path):
+    text = path.read_text()
+    once = fmt(text)
+    assert fmt(once) == once
+    comments = [ln[ln.index("#"):] for ln in text.splitlines() if "#" in ln and '"' not in ln.split("#")[0]]
+    for c in comments:
+        assert c.rstrip() in once
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "specs" / "examples").glob("*.ethos")), ids=lambda p: p.name)
+def test_examples_are_canonical(path):
+    assert fmt(path.read_text()) == path.read_text()
+
+
+def test_canonical_form():
+    text = ('policy   "p" ;# c1\n\n\n\n# own line\nconcept  f =features 1 ,2,3   pool max;'
+            '\nblock\n concept f\n via   steering 4.0 ;  amplify concept refusal by 2.0;  # end\n')
+    assert fmt(text) == ('policy "p";  # c1\n\n# own line\nconcept f = features 1, 2, 3 pool max;\n'
+                         'block concept f via steering 4.0;\namplify concept refusal by 2.0;  # end\n')
+
+
+def test_fmt_preserves_meaning():
+    from ethos.compiler.compile import compile_source
+    from ethos.compiler.plan import dump_plan
+
+    for path in POLICIES:
+        text = path.read_text()
+        a = compile_source(text, str(path))
+        b = compile_source(fmt(text), str(path))
+        assert a.ok and b.ok
+        strip = lambda p: [i.model_dump(exclude={"span"}) for i in p.interventions]  # noqa: E731
+        assert strip(a.plan) == strip(b.plan)
+        assert [c.lens for c in a.plan.concepts] == [c.lens for c in b.plan.concepts]
+        assert dump_plan(a.plan) == dump_plan(compile_source(text, str(path)).plan)
