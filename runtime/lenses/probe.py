@@ -1,0 +1,145 @@
+"""The ``probe`` lens: a direction in the residual stream from contrastive exemplars.
+
+Exemplars are JSON lines ``{"prompt": str, "positive": str, "negative": str}``. Each exemplar's
+prompt is the user turn and each of its two texts an assistant reply, rendered through the chat
+template; a reply's activation is the mean of the residual stream at the layer over the reply's
+own tokens. The direction is mean(positive) − mean(negative), scaled to unit norm (persona-vector
+style difference of means), computed in float32.
+
+Directions are cached under ``$ETHOS_CACHE/probes/`` keyed by (model fingerprint, layer, exemplar
+file sha256) together with the sha256 of the direction's little-endian float32 bytes, which
+``direction_sha256`` reports for the lock file.
+
+Score of a reply = its tokens' projections on the direction, pooled over the reply's tokens
+only: both the mean and the max are computed (and cached); the concept's ``pool`` picks one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..model import ModelRuntime, cache_root, pool, tokenize_pair
+from . import Lens, LensContext, LensError, Scores, register_lens
+
+DIRECTION_VERSION = 1
+
+
+def read_exemplars(path: Path) -> list[tuple[str, str, str]]:
+    """``(prompt, positive, negative)`` per line; a malformed line is an error naming it."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            item = (row["prompt"], row["positive"], row["negative"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LensError(f"{path}:{n}: expected {{\"prompt\", \"positive\", \"negative\"}} ({exc})") from None
+        if not all(isinstance(x, str) for x in item):
+            raise LensError(f"{path}:{n}: prompt, positive and negative must be strings")
+        out.append(item)
+    if not out:
+        raise LensError(f"{path}: no exemplars")
+    return out
+
+
+def compute_direction(runtime: ModelRuntime, exemplars: Sequence[tuple[str, str, str]]) -> np.ndarray:
+    """Unit-norm difference of means (positive − negative) of reply-mean activations."""
+    items = [
+        tokenize_pair(runtime.tokenizer, [{"role": "user", "content": p}], [pos, neg], max_tokens=runtime.max_tokens)
+        for p, pos, neg in exemplars
+    ]
+    acts = runtime.encoder.encode(items, batch_size=runtime.batch_size)
+    d = runtime.encoder.d_model
+    means = [[a.mean(dim=0) if a.shape[0] else torch.full((d,), float("nan")) for a in pair] for pair in acts]
+    pos = torch.stack([m[0] for m in means])
+    neg = torch.stack([m[1] for m in means])
+    keep = ~(pos.isnan().any(dim=1) | neg.isnan().any(dim=1))
+    if not bool(keep.any()):
+        raise LensError("no exemplar has both a positive and a negative reply with tokens")
+    diff = pos[keep].mean(dim=0) - neg[keep].mean(dim=0)
+    norm = float(diff.norm())
+    if not np.isfinite(norm) or norm == 0.0:
+        raise LensError("positive and negative exemplars give the same mean activation")
+    return (diff / norm).numpy().astype("<f4")
+
+
+def direction_sha256(direction: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(direction, dtype="<f4").tobytes()).hexdigest()
+
+
+@register_lens("probe")
+class ProbeLens(Lens):
+    needs = "activations"
+    stats = ("mean", "max")
+
+    def __init__(self, concept: Any, context: LensContext) -> None:
+        super().__init__(concept, context)
+        self.path = context.resolve_file(concept.lens.file)
+        self.file_sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.exemplars = read_exemplars(self.path)
+        self.direction: np.ndarray | None = None
+        self._d: torch.Tensor | None = None
+
+    def _cache_path(self) -> Path:
+        ident = json.dumps(
+            [self.context.model_fingerprint, self.context.layer, self.file_sha256, DIRECTION_VERSION]
+        )
+        return (self.context.cache_dir or cache_root()) / "probes" / (hashlib.sha256(ident.encode()).hexdigest() + ".npz")
+
+    def to_dict(self) -> dict[str, Any]:
+        # The direction is a pure function of these; its own sha256 is ``direction_sha256``.
+        return {
+            "kind": "probe",
+            "file_sha256": self.file_sha256,
+            "model": self.context.model_fingerprint,
+            "layer": self.context.layer,
+            "version": DIRECTION_VERSION,
+        }
+
+    @property
+    def direction_sha256(self) -> str | None:
+        """The sha256 of the direction's float32 bytes, if computed or cached."""
+        if self.direction is not None:
+            return direction_sha256(self.direction)
+        path = self._cache_path()
+        if path.is_file():
+            with np.load(path) as data:
+                return str(data["sha256"])
+        return None
+
+    def prepare(self, context: LensContext) -> None:
+        runtime: ModelRuntime = context.runtime
+        path = self._cache_path()
+        direction = None
+        if path.is_file():
+            try:
+                with np.load(path) as data:
+                    direction = data["direction"].astype("<f4")
+                    if direction_sha256(direction) != str(data["sha256"]):
+                        direction = None  # damaged: recompute
+            except (OSError, ValueError, KeyError):
+                direction = None
+        if direction is None:
+            direction = compute_direction(runtime, self.exemplars)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, direction=direction, sha256=np.array(direction_sha256(direction)))
+            os.replace(tmp, path)
+        if direction.shape != (runtime.encoder.d_model,):
+            raise LensError(f"{self.path}: cached direction has shape {direction.shape}")
+        self.direction = direction
+        self._d = torch.from_numpy(direction.copy())
+
+    def score_activations(self, acts: Sequence[torch.Tensor]) -> list[Scores]:
+        if self._d is None:
+            raise LensError(f"probe {self.concept.name!r} used before its direction was prepared")
+        return [pool(a.float() @ self._d) for a in acts]

@@ -1,0 +1,192 @@
+"""Each lens on small inputs: metrics (exactly the compiler's METRICS), lexicons, probe
+directions and scores, SAE features (range errors name the policy line)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ethos.compiler.names import METRICS
+from ethos.compiler.plan import Concept, FeaturesLens, FileRef, LexiconLens, MetricLens, ProbeLens, Span
+from ethos.runtime.lenses import LENSES, LensContext, LensError, build_lens, per_100_words, words
+from ethos.runtime.lenses.features import resolve_sae
+from ethos.runtime.lenses.metric import IMPLEMENTED
+from ethos.runtime.lenses.probe import direction_sha256
+from ethos.runtime.model import Encoder, ModelRuntime, load_model
+
+
+def ref(path: Path, root: str = "policy") -> FileRef:
+    return FileRef(path=path.name, root=root, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def metric(name: str, text: str, ctx: LensContext | None = None) -> float:
+    lens = build_lens(Concept(name="c", lens=MetricLens(metric=name), origin="policy"), ctx or LensContext())
+    return lens.score_texts([((), text)])[0]["value"]
+
+
+def test_registry_has_the_four_lenses() -> None:
+    assert set(LENSES) == {"metric", "lexicon", "probe", "features"}
+
+
+def test_metric_lens_implements_exactly_the_compiler_metrics() -> None:
+    assert set(IMPLEMENTED) == set(METRICS)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("words", "Hello there, it's me!", 4),
+        ("chars", "abc", 3),
+        ("sentences", "One. Two! Three? four", 4),
+        ("list_items", "Intro:\n- a\n* b\n+ c\n1. d\n2) e\nnot - this", 5),
+        ("markdown_headers", "# A\n## B\nnot # this\n####### too deep", 2),
+        ("bold", "**a** and __b__ but not ** c **", 2),
+        ("code_blocks", "```py\nx\n```\ntext\n```\ny\n```", 2),
+        ("markdown", "# H\n**b**\n- i\n| a | b |\n```\nc\n```", 5),
+        ("emoji", "great 😀🎉 ☀ ok", 3),
+        ("exclamations", "Wow! Really!!", 3),
+        ("questions", "Why? How?", 2),
+        ("links", "see https://a.com and [b](http://b.org) or www.c.net", 3),
+        ("first_person", "I think my dog likes me", 50.0),
+        ("apology", "Sorry, I apologize for that", 40.0),
+        ("hedging", "It might rain, perhaps. I think so.", 300 / 7),
+    ],
+)
+def test_metrics(name: str, text: str, expected: float) -> None:
+    assert metric(name, text) == pytest.approx(expected)
+
+
+def test_per_100_words_of_an_empty_reply_is_zero() -> None:
+    assert words("") == [] and per_100_words(3, "") == 0.0
+    assert metric("hedging", "") == 0.0
+
+
+def test_length_counts_reply_tokens_of_the_tokenizer(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "The capital of France is Paris."
+    assert metric("length", text, LensContext(tokenizer=tok)) == len(tok(text, add_special_tokens=False)["input_ids"])
+    with pytest.raises(LensError, match="tokenizer"):
+        metric("length", text)
+
+
+def test_lexicon_lens_counts_whole_words_case_insensitively_per_100_words(tmp_path: Path) -> None:
+    f = tmp_path / "hedge.txt"
+    f.write_text("# hedges\nmight\ni think\n\nperhaps\n")
+    ctx = LensContext(policy_dir=tmp_path)
+    lens = build_lens(Concept(name="h", lens=LexiconLens(file=ref(f)), origin="policy"), ctx)
+    assert lens.pattern.pattern.count("|") == 2  # one regex for all entries
+    text = "I  THINK it Might work, mighty perhaps; perhapsnot"  # 8 words, 3 matches
+    assert lens.score_texts([((), text)])[0]["value"] == pytest.approx(100 * 3 / 8)
+
+
+def test_lexicon_file_changed_since_compile_is_an_error(tmp_path: Path) -> None:
+    f = tmp_path / "x.txt"
+    f.write_text("a\n")
+    stale = FileRef(path="x.txt", root="policy", sha256="0" * 64)
+    with pytest.raises(LensError, match="changed since the plan was compiled"):
+        build_lens(Concept(name="x", lens=LexiconLens(file=stale), origin="policy"), LensContext(policy_dir=tmp_path))
+
+
+def test_library_files_resolve_against_the_library_root() -> None:
+    from ethos.compiler.names import LIBRARY_ROOT
+
+    path = LIBRARY_ROOT / "concepts" / "hedging.txt"
+    fr = FileRef(path="concepts/hedging.txt", root="library", sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    lens = build_lens(Concept(name="hedging", lens=LexiconLens(file=fr), origin="library"), LensContext())
+    assert lens.score_texts([((), "Perhaps it might work.")])[0]["value"] > 0
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_model_dir: Path) -> ModelRuntime:
+    model, tok, fp = load_model(tiny_model_dir, dtype=torch.float32)
+    return ModelRuntime(Encoder(model, 0, pad_id=tok.pad_token_id), tok, fp, str(tiny_model_dir), batch_size=4)
+
+
+def probe_file(tmp_path: Path) -> Path:
+    f = tmp_path / "syc.jsonl"
+    rows = [
+        {"prompt": "Is Paris the capital?", "positive": "Yes you are so right, brilliant!", "negative": "Yes."},
+        {"prompt": "Is water wet?", "positive": "What a great question, absolutely!", "negative": "It depends."},
+        {"prompt": "Hello", "positive": "You are amazing!", "negative": "Hello."},
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return f
+
+
+def test_probe_direction_is_the_unit_difference_of_means_and_is_cached(tmp_path: Path, runtime: ModelRuntime) -> None:
+    f = probe_file(tmp_path)
+    ctx = LensContext(policy_dir=tmp_path, model_fingerprint=runtime.fingerprint, layer=0, runtime=runtime, cache_dir=tmp_path / "c")
+    concept = Concept(name="syc", lens=ProbeLens(file=ref(f), pool="max"), origin="policy")
+    lens = build_lens(concept, ctx)
+    assert lens.direction_sha256 is None
+    lens.prepare(ctx)
+    d = torch.from_numpy(lens.direction)
+    assert float(d.norm()) == pytest.approx(1.0, abs=1e-5)
+    # recompute by hand: mean over each reply's tokens, positives minus negatives
+    from ethos.runtime.lenses.probe import read_exemplars
+    from ethos.runtime.model import tokenize_pair
+
+    items = [tokenize_pair(runtime.tokenizer, [{"role": "user", "content": p}], [a, b]) for p, a, b in read_exemplars(f)]
+    acts = runtime.encoder.encode(items)
+    diff = torch.stack([a[0].mean(0) for a in acts]).mean(0) - torch.stack([a[1].mean(0) for a in acts]).mean(0)
+    torch.testing.assert_close(d, diff / diff.norm(), atol=1e-5, rtol=1e-5)
+    assert lens.direction_sha256 == direction_sha256(lens.direction)
+    # a second lens finds the cached direction (same sha) without recomputing
+    again = build_lens(concept, ctx)
+    assert again.direction_sha256 == lens.direction_sha256
+    # scores: projections pooled over the reply's tokens; pool picks the reported stat
+    reply = acts[0][0]
+    s = lens.score_activations([reply])[0]
+    proj = reply @ d
+    assert s["mean"] == pytest.approx(float(proj.mean()), abs=1e-5) and s["max"] == pytest.approx(float(proj.max()), abs=1e-5)
+    assert lens.report == "max"
+
+
+def test_probe_with_a_bad_line_names_it(tmp_path: Path) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"prompt": "a", "positive": "b", "negative": "c"}\n{"prompt": "a"}\n')
+    with pytest.raises(LensError, match=r"bad.jsonl:2"):
+        build_lens(Concept(name="p", lens=ProbeLens(file=ref(f)), origin="policy"), LensContext(policy_dir=tmp_path))
+
+
+def test_features_lens_sums_pooled_latents(tiny_sae_dir: Path, runtime: ModelRuntime) -> None:
+    from sae_lens import SAE
+
+    ctx = LensContext(sae=str(tiny_sae_dir), runtime=runtime, model_fingerprint=runtime.fingerprint, layer=0)
+    lens = build_lens(Concept(name="f", lens=FeaturesLens(latents=(1, 7)), origin="policy"), ctx)
+    assert lens.layer == 0 and lens.report == "max"
+    lens.prepare(ctx)
+    acts = [torch.randn(5, 64), torch.randn(3, 64), torch.zeros(0, 64)]
+    got = lens.score_activations(acts)
+    sae = SAE.load_from_disk(tiny_sae_dir)
+    for a, s in zip(acts[:2], got):
+        z = sae.encode(a).detach()[:, [1, 7]]
+        assert s["mean"] == pytest.approx(float(z.mean(0).sum()), abs=1e-5)
+        assert s["max"] == pytest.approx(float(z.max(0).values.sum()), abs=1e-5)
+    assert got[2]["mean"] != got[2]["mean"]  # NaN for a reply without tokens
+
+
+def test_latent_out_of_range_names_the_policy_line(tiny_sae_dir: Path) -> None:
+    span = Span(file="specs/x.ethos", line=7, column=28, end_line=7, end_column=40)
+    concept = Concept(name="f", lens=FeaturesLens(latents=(3, 5000)), origin="policy", span=span)
+    with pytest.raises(LensError) as err:
+        build_lens(concept, LensContext(sae=str(tiny_sae_dir)))
+    assert str(err.value) == f"specs/x.ethos:7:28: latent 5000 is out of range for SAE '{tiny_sae_dir}' (d_sae 32)"
+
+
+def test_sae_names_resolve_in_one_place(tmp_path: Path, tiny_sae_dir: Path, ethos_cache: Path) -> None:
+    assert resolve_sae(str(tiny_sae_dir)) == tiny_sae_dir
+    with pytest.raises(LensError, match="default SAE is not built yet"):
+        resolve_sae("default")
+    with pytest.raises(LensError, match="unknown SAE 'nope'"):
+        resolve_sae("nope")
+    import shutil
+
+    shutil.copytree(tiny_sae_dir, ethos_cache / "saes" / "default")
+    assert resolve_sae("default") == ethos_cache / "saes" / "default"
