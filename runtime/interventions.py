@@ -1,0 +1,224 @@
+"""Data and loss interventions: what a plan does to each pair, computed from the audit's fit.
+
+Notation (DESIGN.md §4): for pair i and concept c, z_ic is the standardised score difference
+(chosen − rejected), α_c the Bradley–Terry coefficient, and η_i = Σ_c α_c z_ic the fitted log-odds
+that the chosen reply is preferred. A rule with factor k_c asks for η′_i = η_i + Σ_c (k_c − 1) α_c z_ic:
+the same data, with concept c's contribution scaled by k_c. Each protocol realises η′ differently:
+
+``data``
+    importance weights w_i = σ(η′_i) / σ(η_i). An observed (oriented) pair has density
+    q(z)·σ(η(z)); under the target it would be q(z)·σ(η′(z)); their ratio is w. Weights are
+    clipped at ``clip`` × their median and self-normalised to mean 1; the effective sample size
+    ESS = (Σw)² / Σw² is reported.
+
+``filter``
+    integer multiplicities instead of weights. Keeping each pair with probability w/max(w) would be
+    exact but wasteful. Only the conditional preference P(chosen | z) has to become σ(η′), and
+    for that it suffices that the multiplicity m satisfies m(z) / m(−z) = e^{η′−η} (η is odd in z).
+    So under a block or dampen rule a pair is kept with probability min(1, e^{η′−η}) (only drops:
+    about 85% of helpful-base pairs survive a verbosity block), and under an amplify rule it is
+    repeated r = max(1, e^{η′−η}) times, ⌊r⌋ copies plus one more with probability r − ⌊r⌋ (only
+    duplicates). Seeded and deterministic.
+
+``relabel``
+    swap chosen and rejected with probability s_i = max(0, 1 − σ(η′_i)/σ(η_i)): the pairs whose
+    preference the concept decided are flipped just often enough that P(chosen | z) becomes
+    σ(η′) (pairs with σ(η′) ≥ σ(η) are never swapped). Seeded and deterministic.
+
+``inoculation "text"``
+    the instruction is added to the training prompt of every pair whose chosen reply expresses the
+    concept more than the rejected one (Δ > 0): where the data would teach it. Recorded per row;
+    the data statistics do not change.
+
+``loss``
+    a per-pair margin offset o_i = Σ_c (1 − k_c) α_c z_ic for the DPO loss −log σ(h + o). A
+    logistic fit with that offset learns η − o = η′, so its coefficient for c is k_c·α_c.
+
+``ablation``, ``steering``, ``penalty``
+    act on activations or the loss during training only; nothing changes in the data.
+
+Stages run in the order relabel → filter → data → loss, each on the orientation the previous one
+left; the final weight of a pair is its data weight times its filter multiplicity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import log_expit
+
+from ethos.compiler.plan import PROTOCOL_KIND, Plan
+
+FATES = ("kept", "reweighted", "relabelled", "excluded")
+REWEIGHT_TOLERANCE = 0.05  # |w − 1| below this counts as kept
+
+
+@dataclass
+class Simulation:
+    """What a plan does to each usable pair (arrays aligned with the audit's pairs)."""
+
+    names: list[str]
+    weights: np.ndarray  # final training weight (data weight × filter multiplicity); 0 = dropped
+    multiplicity: np.ndarray  # filter copies (0 dropped, 1 as is, 2+ duplicated)
+    swapped: np.ndarray  # relabelled: chosen and rejected exchanged
+    margin_offset: np.ndarray  # the loss protocol's o_i (on the final orientation)
+    sign: np.ndarray  # +1 or −1: the final orientation relative to the input
+    inoculations: list[list[str]]  # instructions added to each pair's training prompt
+    fate: np.ndarray  # one of FATES per pair
+    decided_by: list[str]  # the rule (source line) that decided each pair's fate, "" if none
+    ess: float  # effective sample size of the final weights over the pairs still in the data
+    notes: list[str] = field(default_factory=list)
+
+
+def _uniform(seed: int, tag: str, n: int) -> np.ndarray:
+    """Seeded uniforms for one rule: the same plan, data order and seed give the same draws."""
+    key = int.from_bytes(hashlib.sha256(f"{seed}:{tag}".encode()).digest()[:8], "little")
+    return np.random.default_rng(key).random(n)
+
+
+def _rule_text(i) -> str:
+    return f"line {i.span.line}: {i.action} concept {i.concept} via {i.protocol}"
+
+
+def simulate(
+    plan: Plan,
+    names: list[str],
+    z: np.ndarray,
+    alpha: np.ndarray,
+    delta: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    clip: float = 20.0,
+) -> Simulation:
+    """Apply ``plan``'s data and loss protocols to pairs with standardised differences ``z``
+    (n × C, columns ``names``) under the audit's coefficients ``alpha`` (C,). ``delta`` (raw
+    differences, n × C) decides inoculation; default: ``z``. NaN coefficients count as 0."""
+    n, _ = z.shape
+    col = {name: j for j, name in enumerate(names)}
+    alpha = np.nan_to_num(np.asarray(alpha, dtype=float))
+    z = np.nan_to_num(np.asarray(z, dtype=float))
+    delta = z if delta is None else np.nan_to_num(np.asarray(delta, dtype=float))
+    notes: list[str] = []
+
+    by_protocol: dict[str, list] = {}
+    for i in plan.interventions:
+        by_protocol.setdefault(i.protocol, []).append(i)
+    data_kind: dict[str, list[str]] = {}
+    for i in plan.interventions:
+        if PROTOCOL_KIND[i.protocol] == "data" and i.protocol != "inoculation":
+            data_kind.setdefault(i.concept, []).append(i.protocol)
+    for concept, protos in data_kind.items():
+        if len(protos) > 1:
+            notes.append(f"concept '{concept}' is realised in the data by {', '.join(protos)}: their effects compound")
+
+    def shift(rules) -> np.ndarray:
+        """Σ_c (k_c − 1) α_c z_ic over the rules' concepts (each concept once)."""
+        out = np.zeros(n)
+        for concept in dict.fromkeys(r.concept for r in rules):
+            k = next(r.factor for r in rules if r.concept == concept)
+            j = col[concept]
+            out += (k - 1.0) * alpha[j] * z[:, j]
+        return out
+
+    def main_rule(rules, contributions: np.ndarray) -> list[str]:
+        """Per pair, the rule whose concept contributed most to the change."""
+        texts = [_rule_text(r) for r in rules]
+        if len(rules) == 1:
+            return texts * n
+        idx = np.argmax(np.abs(contributions), axis=1)
+        return [texts[k] for k in idx]
+
+    def contributions(rules) -> np.ndarray:
+        return np.stack([(r.factor - 1.0) * alpha[col[r.concept]] * z[:, col[r.concept]] for r in rules], axis=1)
+
+    sign = np.ones(n)
+    decided = [""] * n
+    eta = z @ alpha
+
+    # relabel
+    swapped = np.zeros(n, dtype=bool)
+    rules = by_protocol.get("relabel", [])
+    if rules:
+        eta_new = eta + shift(rules)
+        s = np.clip(1.0 - np.exp(log_expit(eta_new) - log_expit(eta)), 0.0, 1.0)
+        swapped = _uniform(seed, "relabel", n) < s
+        sign[swapped] = -1.0
+        z = z * sign[:, None]
+        delta = delta * sign[:, None]
+        eta = z @ alpha
+        who = main_rule(rules, contributions(rules))
+        for i in np.flatnonzero(swapped):
+            decided[i] = who[i]
+
+    # filter
+    multiplicity = np.ones(n, dtype=np.int64)
+    rules = by_protocol.get("filter", [])
+    if rules:
+        # drops realise the factors below 1, duplicates those above 1; never both from one rule,
+        # so that m(z) / m(−z) = e^{η′−η} holds (a dropping rule must not duplicate the mirror pair)
+        drop_rules = [r for r in rules if r.factor < 1]
+        dup_rules = [r for r in rules if r.factor > 1]
+        keep_p = np.exp(np.minimum(shift(drop_rules), 0.0)) if drop_rules else np.ones(n)
+        copies = np.exp(np.clip(shift(dup_rules), 0.0, 50.0)) if dup_rules else np.ones(n)
+        u_drop, u_dup = _uniform(seed, "filter-drop", n), _uniform(seed, "filter-dup", n)
+        whole = np.floor(copies)
+        multiplicity = (u_drop < keep_p) * (whole + (u_dup < copies - whole)).astype(np.int64)
+        who = main_rule(rules, contributions(rules))
+        for i in np.flatnonzero(multiplicity != 1):
+            decided[i] = who[i]
+
+    # data
+    weights = np.ones(n)
+    rules = by_protocol.get("data", [])
+    if rules:
+        log_w = log_expit(eta + shift(rules)) - log_expit(eta)
+        w = np.exp(log_w)
+        live = multiplicity > 0
+        if live.any():
+            cap = clip * float(np.median(w[live]))
+            clipped = int((w[live] > cap).sum())
+            if clipped:
+                notes.append(f"{clipped} weight(s) clipped at {clip:g}× the median weight")
+            w = np.minimum(w, cap)
+            w = w / float(np.average(w[live], weights=multiplicity[live]))
+        weights = w
+        who = main_rule(rules, contributions(rules))
+        for i in np.flatnonzero(np.abs(weights - 1) >= REWEIGHT_TOLERANCE):
+            if not decided[i]:
+                decided[i] = who[i]
+
+    # loss
+    offset = np.zeros(n)
+    rules = by_protocol.get("loss", [])
+    if rules:
+        offset = -shift(rules)  # Σ (1 − k) α z on the final orientation
+
+    # inoculation
+    inoculations: list[list[str]] = [[] for _ in range(n)]
+    for rule in by_protocol.get("inoculation", []):
+        for i in np.flatnonzero(delta[:, col[rule.concept]] > 0):
+            if rule.text not in inoculations[i]:
+                inoculations[i].append(rule.text)
+
+    final = weights * multiplicity
+    fate = np.full(n, "kept", dtype=object)
+    fate[np.abs(final - 1) >= REWEIGHT_TOLERANCE] = "reweighted"
+    fate[swapped] = "relabelled"
+    fate[multiplicity == 0] = "excluded"
+    live = final > 0
+    ess = float(final[live].sum() ** 2 / (final[live] ** 2).sum()) if live.any() else 0.0
+    return Simulation(
+        names=list(names),
+        weights=final,
+        multiplicity=multiplicity,
+        swapped=swapped,
+        margin_offset=offset,
+        sign=sign,
+        inoculations=inoculations,
+        fate=fate,
+        decided_by=decided,
+        ess=ess,
+        notes=notes,
+    )
