@@ -1,0 +1,166 @@
+"""Reports: rendered only from the audit's JSON document, dataset text escaped everywhere,
+self-contained HTML, the plot layouts the plan report reuses, and golden Markdown/HTML."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from ethos.runtime.report import (
+    bars_layout,
+    environment,
+    forest_layout,
+    histogram_layout,
+    md_escape,
+    nice_ticks,
+    print_audit_summary,
+    render,
+    render_audit_html,
+    render_audit_markdown,
+)
+
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "audit"
+NASTY = '<script>alert("x")</script> | **bold** & [link](http://e.vil)'
+
+
+def concept(name, d, q, alpha, share, note=""):
+    return {
+        "name": name, "lens": "metric length" if name == "verbosity" else "lexicon x.txt", "n": 400, "scale": 1.0,
+        "mean_delta": 0.0 if d is None else d * 10, "sd_delta": 10.0, "d": d, "d_ci": None if d is None else [d - 0.1, d + 0.1],
+        "win_rate": None if d is None else 0.5 + d / 2, "n_pos": 200, "n_neg": 150, "n_tied": 50, "p": q, "q": q,
+        "alpha": alpha, "alpha_se": None if alpha is None else 0.05,
+        "alpha_ci": None if alpha is None else [alpha - 0.1, alpha + 0.1], "share": share,
+        "split_half_stable": d is not None and abs(d) > 0.1, "split_half_agreement": 0.9, "note": note,
+    }
+
+
+def document() -> dict:
+    """A fixed audit document (as ``AuditResult.to_dict()`` writes it), with hostile dataset text."""
+    return {
+        "format": "ethos.audit/1",
+        "source": {"data": "data/<b>pairs</b>.jsonl", "fingerprint": "ab" * 32, "policy": None, "concepts": "library"},
+        "rows": {"input": 410, "usable": 400, "excluded": {"empty_reply": 6, "identical": 4}},
+        "pairs": 400,
+        "settings": {"seed": 0, "n_boot": 2000, "level": 0.95, "test": "sign", "corr_threshold": 0.7, "min_pairs": 10,
+                     "d_ci": "percentile bootstrap over pairs", "alpha_ci": "Wald (model covariance)", "weighted": False},
+        "concepts": [
+            concept("hedging", -0.05, 0.4, -0.03, 0.1),
+            concept("verbosity", 0.21, 3.3e-23, 0.39, 0.7),
+            concept("emoji", None, None, None, None, "constant score (sd 0): nothing to test"),
+            concept("markdown_heavy", 0.06, 0.5, 0.05, 0.2, "correlated with list_heavy (r = +0.98)"),
+        ],
+        "correlated": [{"a": "list_heavy", "b": "markdown_heavy", "r": 0.98}],
+        "joint": {"n": 400, "converged": True, "iterations": 4, "loglik": -270.0, "loglik_null": -277.3,
+                  "pseudo_r2": 0.026, "accuracy": 0.58, "cov": "model", "ess": 400.0, "note": ""},
+        "notes": [],
+        "discovery": {"d_sae": 4096, "tested": 3900, "survivors": 3, "q_max": 0.05, "pool": "max", "seconds": {}},
+        "candidates": [{
+            "name": "found_1_hope", "features": [12, 40], "d": 0.4, "d_ci": [0.3, 0.5], "win_rate": 0.7, "p": 1e-9,
+            "q": 2e-6, "members": [{"id": 12, "d": 0.35, "win_rate": 0.7, "q": 1e-6}],
+            "labels": {"12": {"tokens": ["hope", "<tok>"], "snippets": [NASTY, "line one\nline two"]}},
+        }],
+    }
+
+
+def test_dataset_text_is_escaped_in_html():
+    html = render_audit_html(document())
+    assert "<script>" not in html and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    assert "<b>pairs</b>" not in html and "&lt;b&gt;pairs&lt;/b&gt;" in html
+    assert "&lt;tok&gt;" in html
+
+
+def test_dataset_text_is_escaped_in_markdown():
+    md = render_audit_markdown(document())
+    assert "<script>" not in md and "&lt;script&gt;" in md
+    assert "\\| \\*\\*bold\\*\\*" in md  # no table break, no emphasis
+    table_rows = [line for line in md.splitlines() if line.startswith("| found\\_1\\_hope")]
+    assert len(table_rows) == 1 and table_rows[0].endswith("|")  # the hostile text stayed inside its cell
+    assert md_escape("a|b\n<c>") == "a\\|b &lt;c&gt;"
+
+
+def test_html_is_self_contained():
+    html = render_audit_html(document())
+    assert "<script" not in html.lower() and "<link" not in html.lower() and " src=" not in html
+    assert html.count("<svg") == 3  # share bars, forest of d, forest of α
+    assert html.rstrip().endswith("</html>")
+
+
+def test_reports_render_from_the_json_round_trip():
+    doc = document()
+    again = json.loads(json.dumps(doc))
+    assert render_audit_html(doc) == render_audit_html(again)
+    assert render_audit_markdown(doc) == render_audit_markdown(again)
+
+
+def test_concepts_are_sorted_by_share():
+    md = render_audit_markdown(document())
+    order = [md.index(f"| {n} |") for n in ("verbosity", "markdown\\_heavy", "hedging", "emoji")]
+    assert order == sorted(order)
+
+
+def test_golden_reports(golden):
+    golden(GOLDEN / "report.golden.md", render_audit_markdown(document()))
+    golden(GOLDEN / "report.golden.html", render_audit_html(document()))
+
+
+def test_terminal_summary_prints_dataset_text_literally():
+    console = Console(record=True, width=160, color_system=None)
+    doc = document()
+    doc["candidates"][0]["labels"]["12"]["tokens"] = ["[bold]x[/bold]"]
+    print_audit_summary(doc, console)
+    text = console.export_text()
+    assert "rows: 410 input, 400 usable, 10 excluded (empty_reply: 6, identical: 4)" in text
+    assert "[bold]x[/bold]" in text
+    assert text.index("verbosity") < text.index("hedging")
+    assert "emoji: constant score" in text
+
+
+def test_forest_layout():
+    rows = [
+        {"label": "a", "points": [{"est": 0.5, "lo": 0.2, "hi": 0.8, "series": "before"},
+                                  {"est": 0.0, "lo": -0.2, "hi": 0.2, "series": "after"}]},
+        {"label": "b", "points": [{"est": None, "lo": None, "hi": None, "series": "before"}]},
+    ]
+    lay = forest_layout(rows, series=("before", "after"))
+    a = lay["rows"][0]["points"]
+    assert a[0]["x_lo"] < a[0]["x"] < a[0]["x_hi"]
+    assert a[1]["x"] == lay["zero_x"] and a[0]["y"] != a[1]["y"]
+    assert lay["rows"][1]["points"][0]["x"] is None
+    assert [x["label"] for x in lay["legend"]] == ["before", "after"]
+    xs = [t["x"] for t in lay["ticks"]]
+    assert xs == sorted(xs) and all(lay["label_width"] <= x <= lay["plot_right"] for x in xs)
+
+
+def test_bars_and_histogram_layouts_for_the_plan_report():
+    bars = bars_layout([{"label": "v", "values": [0.6, 0.1]}, {"label": "h", "values": [float("nan"), 0.0]}],
+                       series=("before", "after"), vmax=1.0)
+    assert bars["rows"][0]["bars"][0]["w"] > bars["rows"][0]["bars"][1]["w"] > 0
+    assert bars["rows"][1]["bars"][0]["text"] == "–"
+    hist = histogram_layout([0.5, 1.0, 1.0, 1.5, 2.0, float("nan")], bins=3)
+    assert hist["n"] == 5 and len(hist["bars"]) == 3
+    assert max(b["h"] for b in hist["bars"]) == pytest.approx(hist["axis_y"] - 8)
+    assert histogram_layout([])["bars"] == []
+    # The macros render them (the plan report composes these in its own template).
+    env = environment("html")
+    page = env.from_string(
+        '{% extends "base.html.j2" %}{% import "macros.html.j2" as m %}'
+        "{% block content %}{{ m.share_bars(bars) }}{{ m.histogram(hist, 'weights') }}{{ m.forest(forest) }}{% endblock %}"
+    ).render(title="plan <x>", bars=bars, hist=hist, forest=forest_layout([{"label": "<a>", "points": [{"est": 1}]}]))
+    assert page.count("<svg") == 3 and "<title>plan &lt;x&gt;</title>" in page and "&lt;a&gt;" in page
+
+
+def test_nice_ticks():
+    assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(-0.33, 0.71) == [-0.2, 0, 0.2, 0.4, 0.6]
+    assert nice_ticks(math.nan, 1) == []
+
+
+def test_markdown_template_without_discovery():
+    doc = document()
+    del doc["discovery"], doc["candidates"]
+    md = render("audit.md.j2", **__import__("ethos.runtime.report", fromlist=["audit_context"]).audit_context(doc))
+    assert "Discovered" not in md and "verbosity" in md
