@@ -330,15 +330,16 @@ def _independent_columns(z: np.ndarray, tol: float = 1e-8) -> tuple[list[int], d
     return keep, dependent
 
 
-def _newton(z: np.ndarray, w: np.ndarray, max_iter: int = 50, stop_at: float = math.inf) -> tuple[np.ndarray, bool, int]:
-    """Maximise Σ w log σ(z·α) by Newton's method with step halving. Converged means the Newton
+def _newton(z: np.ndarray, w: np.ndarray, max_iter: int = 50, stop_at: float = math.inf,
+            offset: np.ndarray | float = 0.0) -> tuple[np.ndarray, bool, int]:
+    """Maximise Σ w log σ(z·α + offset) by Newton's method with step halving. Converged means the Newton
     step itself became negligible (a stationary point); under separation there is none, the steps
     stay large, and this returns ``converged=False`` after ``max_iter`` iterations, or as soon as
     a pair's margin |z·α| exceeds ``stop_at``."""
     alpha = np.zeros(z.shape[1])
-    ll = float(w @ _log_sigmoid(z @ alpha))
+    ll = float(w @ _log_sigmoid(z @ alpha + offset))
     for it in range(1, max_iter + 1):
-        m = z @ alpha
+        m = z @ alpha + offset
         if np.max(np.abs(m), initial=0.0) > stop_at:  # running off to infinity: separation?
             return alpha, False, it
         s = _sigmoid(m)
@@ -355,7 +356,7 @@ def _newton(z: np.ndarray, w: np.ndarray, max_iter: int = 50, stop_at: float = m
         t = 1.0
         while True:
             new = alpha + t * step
-            new_ll = float(w @ _log_sigmoid(z @ new))
+            new_ll = float(w @ _log_sigmoid(z @ new + offset))
             if new_ll >= ll - 1e-12 * (1 + abs(ll)):
                 break
             t /= 2
@@ -372,8 +373,12 @@ def joint(
     names: Sequence[str] | None = None,
     cov: str = "auto",
     min_pairs: int = MIN_PAIRS,
+    offset: np.ndarray | None = None,
 ) -> JointFit:
-    """Fit the Bradley–Terry model P(chosen ≻ rejected) = σ(Σ_c α_c z_ic) without intercept.
+    """Fit the Bradley–Terry model P(chosen ≻ rejected) = σ(Σ_c α_c z_ic + o_i) without intercept.
+
+    ``offset`` (o_i, default 0) is a fixed per-pair term: the margin offset of the loss protocol,
+    so that the plan can check what a DPO loss with that offset learns (k·α).
 
     ``z`` is (n pairs × c) standardised differences, chosen − rejected. Equivalent to the logistic
     fit on the symmetrised pairs (each pair as (z, 1) and (−z, 0)), whose log-likelihood is twice
@@ -408,6 +413,7 @@ def joint(
         fit.notes = [fit.note] * c
         return fit
     zr, wr = z[rows], w[rows]
+    off = 0.0 if offset is None else np.asarray(offset, dtype=float)[rows]
     bad = ~np.all(np.isfinite(zr), axis=0)
     for j in np.flatnonzero(bad):
         notes[j] = "not fitted: missing or infinite scores"
@@ -423,12 +429,12 @@ def joint(
     # pairs (the likeliest culprit), and refit the rest.
     alpha, converged, iters = np.zeros(0), False, 0
     while active:
-        alpha, converged, iters = _newton(zr[:, active], wr, stop_at=SATURATED)
+        alpha, converged, iters = _newton(zr[:, active], wr, stop_at=SATURATED, offset=off)
         if converged:
             break
         sep = separating_columns(zr[:, active])  # saturated margins or no stationary point
         if len(sep) == 0:  # not separated after all: fit without the early stop
-            alpha, converged, iters = _newton(zr[:, active], wr, max_iter=200)
+            alpha, converged, iters = _newton(zr[:, active], wr, max_iter=200, offset=off)
             break
         cols = [active[k] for k in sep]
         nonzero = {j: int(np.count_nonzero(zr[:, j])) for j in cols}
@@ -445,7 +451,7 @@ def joint(
         fit.note = "no concept could be fitted"
         return fit
     za = zr[:, active]
-    m = za @ alpha
+    m = za @ alpha + off
     s = _sigmoid(m)
     h = (za * (wr * s * (1.0 - s))[:, None]).T @ za
     try:

@@ -27,7 +27,14 @@ from .io import atomic_write_text
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_EXPECTATION = 0, 1, 2, 3
 
 # Modules that add their own subcommands with ``register(subparsers)``.
-COMMAND_MODULES = ("ethos.runtime.featurize",)
+COMMAND_MODULES = (
+    "ethos.runtime.featurize",
+    "ethos.runtime.audit",
+    "ethos.runtime.planner",
+    "ethos.runtime.apply",
+    "ethos.runtime.sae",
+    "ethos.runtime.train_cli",
+)
 
 
 def _print_diagnostics(results: list[tuple[str, Result]], as_json: bool) -> None:

@@ -9,7 +9,8 @@ the same data, with concept c's contribution scaled by k_c. Each protocol realis
     importance weights w_i = σ(η′_i) / σ(η_i). An observed (oriented) pair has density
     q(z)·σ(η(z)); under the target it would be q(z)·σ(η′(z)); their ratio is w. Weights are
     clipped at ``clip`` × their median and self-normalised to mean 1; the effective sample size
-    ESS = (Σw)² / Σw² is reported.
+    ESS = (Σw)² / Σw² is reported. With ``calibrate`` the shift is corrected until the weighted
+    re-fit meets k·α on this data (see ``simulate``).
 
 ``filter``
     integer multiplicities instead of weights. Keeping each pair with probability w/max(w) would be
@@ -44,6 +45,7 @@ left; the final weight of a pair is its data weight times its filter multiplicit
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +80,15 @@ def _uniform(seed: int, tag: str, n: int) -> np.ndarray:
     return np.random.default_rng(key).random(n)
 
 
+def _clip_normalise(w: np.ndarray, live: np.ndarray, multiplicity: np.ndarray, clip: float) -> np.ndarray:
+    """Clip weights at ``clip`` × their median over the pairs still in the data, then scale them to
+    mean 1 over those pairs (counting filter copies)."""
+    if not live.any():
+        return w
+    w = np.minimum(w, clip * float(np.median(w[live])))
+    return w / float(np.average(w[live], weights=multiplicity[live]))
+
+
 def _rule_text(i) -> str:
     return f"line {i.span.line}: {i.action} concept {i.concept} via {i.protocol}"
 
@@ -91,10 +102,20 @@ def simulate(
     *,
     seed: int = 0,
     clip: float = 20.0,
+    calibrate: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    calibrate_steps: int = 4,
+    calibrate_tol: float = 1e-3,
 ) -> Simulation:
     """Apply ``plan``'s data and loss protocols to pairs with standardised differences ``z``
     (n × C, columns ``names``) under the audit's coefficients ``alpha`` (C,). ``delta`` (raw
-    differences, n × C) decides inoculation; default: ``z``. NaN coefficients count as 0."""
+    differences, n × C) decides inoculation; default: ``z``. NaN coefficients count as 0.
+
+    ``calibrate(z, weights) -> α`` (the audit's weighted joint fit) makes the ``data`` weights
+    exact on this data: the ratio σ(η′)/σ(η) is exact only if the Bradley–Terry model is right,
+    and real score differences are heavy-tailed, so the weighted re-fit can miss k·α. Then the
+    shift's coefficients are corrected by the miss (s ← s + (k·α − α′)) and the weights
+    recomputed, up to ``calibrate_steps`` times, until every data concept is within
+    ``calibrate_tol`` of its target."""
     n, _ = z.shape
     col = {name: j for j, name in enumerate(names)}
     alpha = np.nan_to_num(np.asarray(alpha, dtype=float))
@@ -173,16 +194,25 @@ def simulate(
     weights = np.ones(n)
     rules = by_protocol.get("data", [])
     if rules:
-        log_w = log_expit(eta + shift(rules)) - log_expit(eta)
-        w = np.exp(log_w)
         live = multiplicity > 0
-        if live.any():
-            cap = clip * float(np.median(w[live]))
-            clipped = int((w[live] > cap).sum())
-            if clipped:
-                notes.append(f"{clipped} weight(s) clipped at {clip:g}× the median weight")
-            w = np.minimum(w, cap)
-            w = w / float(np.average(w[live], weights=multiplicity[live]))
+        concepts = list(dict.fromkeys(r.concept for r in rules))
+        cols = [col[c] for c in concepts]
+        k = np.array([next(r.factor for r in rules if r.concept == c) for c in concepts])
+        target = k * alpha[cols]
+        shift_coef = target - alpha[cols]  # (k − 1)·α: the exact ratio under the fitted model
+        for _ in range(max(1, calibrate_steps + 1)):
+            log_w = log_expit(eta + z[:, cols] @ shift_coef) - log_expit(eta)
+            w = _clip_normalise(np.exp(log_w), live, multiplicity, clip)
+            if calibrate is None or calibrate_steps == 0:
+                break
+            fitted = np.asarray(calibrate(z, w * multiplicity), dtype=float)[cols]
+            miss = np.where(np.isfinite(fitted), target - fitted, 0.0)
+            if np.max(np.abs(miss), initial=0.0) < calibrate_tol:
+                break
+            shift_coef = shift_coef + miss
+        clipped = int((np.exp(log_w)[live] > clip * np.median(np.exp(log_w)[live])).sum()) if live.any() else 0
+        if clipped:
+            notes.append(f"{clipped} weight(s) clipped at {clip:g}× the median weight")
         weights = w
         who = main_rule(rules, contributions(rules))
         for i in np.flatnonzero(np.abs(weights - 1) >= REWEIGHT_TOLERANCE):

@@ -371,3 +371,103 @@ def print_audit_summary(doc: Mapping[str, Any], console: Any = None) -> None:
             ct.add_row(cand["name"], ",".join(map(str, ids[:6])) + ("…" if len(ids) > 6 else ""),
                        num(cand.get("d"), "+.2f"), pct(cand.get("win_rate")), pval(cand.get("q")), Text(label))
         console.print(ct)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan report (``ethos plan``): rendered from the plan document and the serialised plan only
+
+
+def plan_context(doc: Mapping[str, Any], plan: Mapping[str, Any], examples: Sequence[Mapping[str, Any]] = (),
+                 *, title: str | None = None) -> dict[str, Any]:
+    from .planner import FORMAT as PLAN_FORMAT
+
+    if doc.get("format") != PLAN_FORMAT or plan.get("format_version") != "1":
+        raise ValueError(f"cannot render a plan document of format {doc.get('format')!r} "
+                         f"(plan format_version {plan.get('format_version')!r})")
+    concepts = list(doc.get("concepts", []))
+    forest_rows = [{"label": c["name"], "points": [
+        {"est": c.get("alpha_before"), "lo": c["alpha_before_ci"][0], "hi": c["alpha_before_ci"][1], "series": "before"},
+        {"est": c.get("alpha_after"), "lo": c["alpha_after_ci"][0], "hi": c["alpha_after_ci"][1], "series": "after"},
+    ]} for c in concepts]
+    weights_hist = doc.get("weights", {}).get("histogram", {})
+    counts, edges = weights_hist.get("counts", []), weights_hist.get("edges", [])
+    layout = _histogram_from_counts(counts, edges, xlabel="weight") if counts else histogram_layout([], xlabel="weight")
+    r = doc["rows"]
+    met = sum(e["met"] for e in doc.get("expectations", []))
+    failed = len(doc.get("expectations", [])) - met
+    summary = (f"Plan: {r['kept']:,} pairs kept, {r['reweighted']:,} reweighted, {r['relabelled']:,} relabelled, "
+               f"{r['excluded']:,} excluded; {met} expectation{'s' * (met != 1)} met, {failed} failed.")
+    return {
+        "title": title or f"ethos plan: {plan.get('policy') or doc['policy']['path']}",
+        "doc": doc,
+        "plan": plan,
+        "concepts": concepts,
+        "summary": summary,
+        "alpha_forest": forest_layout(forest_rows, series=("before", "after"),
+                                      xlabel="α: log-odds of preference per sd of Δ, 95% CI"),
+        "shares": bars_layout([{"label": c["name"], "values": [c.get("share_before"), c.get("share_after")]}
+                               for c in concepts], series=("before", "after"), vmax=1.0),
+        "weights": layout,
+        "examples": list(examples),
+    }
+
+
+def _histogram_from_counts(counts: Sequence[int], edges: Sequence[float], *, width: int = 640, height: int = 180,
+                           xlabel: str = "") -> dict[str, Any]:
+    """A histogram layout from precomputed counts and bin edges (the plan document stores those,
+    not one value per pair)."""
+    left, right, top, bottom = 40, 12, 8, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
+    cmax = max(max(counts), 1)
+    lo, hi = float(edges[0]), float(edges[-1])
+    span = hi - lo if hi > lo else 1.0
+
+    def x(e: float) -> float:
+        return round(left + (e - lo) / span * plot_w, 2)
+
+    bars = []
+    for c, a, b in zip(counts, edges[:-1], edges[1:]):
+        h = c / cmax * plot_h
+        bars.append({"x": x(a), "w": max(round(x(b) - x(a) - 1, 2), 0.5), "y": round(top + plot_h - h, 2),
+                     "h": round(h, 2), "title": f"{a:.3g}–{b:.3g}: {int(c)}"})
+    return {"width": width, "height": height, "bars": bars, "axis_y": top + plot_h, "left": left,
+            "right": width - right, "ticks": [{"x": x(t), "label": f"{t:g}"} for t in nice_ticks(lo, hi)],
+            "xlabel": xlabel, "n": int(sum(counts)), "cmax": cmax}
+
+
+def render_plan_html(doc: Mapping[str, Any], plan: Mapping[str, Any], examples: Sequence[Mapping[str, Any]] = (),
+                     **kw: Any) -> str:
+    return render("plan.html.j2", **plan_context(doc, plan, examples, **kw))
+
+
+def render_plan_markdown(doc: Mapping[str, Any], plan: Mapping[str, Any], **kw: Any) -> str:
+    return render("plan.md.j2", **plan_context(doc, plan, **kw))
+
+
+def print_plan_report(doc: Mapping[str, Any], plan: Mapping[str, Any], console: Any = None) -> None:
+    """The terminal summary of a dry run: α before → after per concept, expectations, warnings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console.width = 140
+    ctx = plan_context(doc, plan)
+    table = Table(title=ctx["title"], show_edge=False, box=None, padding=(0, 2))
+    for col in ("concept", "lens", "k", "α before [95% CI]", "target", "α after [95% CI]", "check", "q"):
+        table.add_column(col, no_wrap=True)
+    for c in ctx["concepts"]:
+        check = ("moved (no rule)" if c["collateral"] else "on target" if c["on_target"] else
+                 "–" if c["factor"] is None else "off target")
+        style = "red" if check in ("off target", "moved (no rule)") and c["protocols"] is not None else None
+        table.add_row(c["name"], c["lens"], "–" if c["factor"] is None else num(c["factor"], "g"),
+                      est_ci(c["alpha_before"], c["alpha_before_ci"], "+.3f"), num(c["alpha_target"], "+.3f"),
+                      est_ci(c["alpha_after"], c["alpha_after_ci"], "+.3f"), check, pval(c["q"]), style=style)
+    console.print(table)
+    console.print(f"ESS {num(doc['ess'], ',.0f')} ({pct(doc['ess_fraction'])} of the pairs in the data)")
+    for e in doc.get("expectations", []):
+        mark = "[green]met[/green]" if e["met"] else "[red]FAILED[/red]"
+        console.print(f"  line {e['line']}: {e['text']}  → {num(e['value'], '.3g')} {mark}")
+    for w in doc.get("warnings", []):
+        console.print(f"  [yellow]warning:[/yellow] {w}")
