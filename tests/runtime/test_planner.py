@@ -1,0 +1,171 @@
+"""ethos plan / apply / lock on real hh-rlhf pairs with model-free concepts (no model needed)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ethos.compiler.compile import compile_source
+from ethos.runtime.cli import main
+from ethos.runtime.planner import shape
+
+HELPFUL = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+
+
+def write(tmp_path, text, name="p.ethos"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_plan_writes_reports_and_counts_every_row(tmp_path, ethos_cache, capsys):
+    policy = write(tmp_path, "concept v = metric words;\nblock concept v;\nkeep concept hedging;\n"
+                             "expect pairs kept >= 0.8;\nexpect concept v share < 0.05 after plan;\n")
+    out = tmp_path / "out"
+    assert main(["plan", policy, "--limit", "200", "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = doc["rows"]
+    assert rows["input"] == 200
+    assert rows["kept"] + rows["reweighted"] + rows["relabelled"] + rows["excluded"] == 200
+    v = next(c for c in doc["concepts"] if c["name"] == "v")
+    assert v["factor"] == 0 and v["alpha_before"] > 0
+    assert v["alpha_after_ci"][0] <= 0 <= v["alpha_after_ci"][1]
+    assert [e["met"] for e in doc["expectations"]] == [True, True]
+    assert 0 < doc["ess"] <= rows["usable"]
+    for name in ("plan.json", "plan.md", "plan.html"):
+        assert (out / name).stat().st_size > 0
+    assert "Plan:" in (out / "plan.md").read_text()
+
+
+def test_failed_expectation_exits_3_with_the_summary_line(tmp_path, ethos_cache, capsys):
+    policy = write(tmp_path, "concept v = metric words;\nblock concept v via filter;\nexpect pairs excluded == 0;\n")
+    assert main(["plan", policy, "--limit", "120", "--out", str(tmp_path / "o")]) == 3
+    out = capsys.readouterr().out
+    assert "expectations met, 1 failed." in out or "expectation met, 1 failed." in out
+    assert out.strip().splitlines()[-1].startswith("Plan: ")
+
+
+def test_policy_errors_exit_1_and_unwritable_output_fails_first(tmp_path, ethos_cache, capsys):
+    bad = write(tmp_path, "block concept sycofancy;\n")
+    assert main(["plan", bad, "--out", str(tmp_path / "o")]) == 1
+    assert "did you mean 'sycophancy'" in capsys.readouterr().err
+    good = write(tmp_path, "concept v = metric words;\nblock concept v;\n", "g.ethos")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["plan", good, "--out", str(blocker / "sub")]) == 1
+    assert "cannot write to output folder" in capsys.readouterr().err
+
+
+def test_all_rows_excluded_is_a_clear_error(tmp_path, ethos_cache, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "hi", "chosen": "same", "rejected": "same"}\n' * 3)
+    policy = write(tmp_path, "concept v = metric words;\nblock concept v;\n")
+    assert main(["plan", policy, "--data", str(data), "--out", str(tmp_path / "o")]) == 1
+    assert "all 3 input rows were excluded" in capsys.readouterr().err
+
+
+def test_rule_on_insignificant_concept_warns_and_unnamed_correlated_concept_is_flagged():
+    rng = np.random.default_rng(0)
+    n = 800
+    a = rng.normal(size=n) + 0.6  # chosen − rejected differences with an effect
+    table = pd.DataFrame({"id": [str(i) for i in range(n)],
+                          "a.chosen": a, "a.rejected": np.zeros(n),
+                          "b.chosen": a + 0.3 * rng.normal(size=n), "b.rejected": np.zeros(n),
+                          "c.chosen": rng.normal(size=n), "c.rejected": rng.normal(size=n)})
+    plan = compile_source("concept a = metric words;\nconcept b = metric chars;\nconcept c = metric emoji;\n"
+                          "block concept a;\nblock concept c;").plan
+    o = shape(plan, table, {"input": n, "usable": n, "excluded": {}}, n_boot=200)
+    assert any("'c' has no significant effect" in w for w in o.warnings)
+    doc = o.to_dict()
+    assert {c["name"]: c["on_target"] for c in doc["concepts"]}["a"]
+
+
+def test_html_report_escapes_dataset_text(tmp_path, ethos_cache):
+    data = tmp_path / "d.jsonl"
+    rng = np.random.default_rng(0)
+    rows = [{"prompt": f"q{i} <b>bold</b>", "chosen": "<script>alert(1)</script> " + "word " * int(rng.integers(1, 12)),
+             "rejected": "short <img src=x onerror=alert(2)> " + "word " * int(rng.integers(1, 8))} for i in range(60)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    policy = write(tmp_path, "concept v = metric words;\nblock concept v via filter;\n")
+    out = tmp_path / "o"
+    assert main(["plan", policy, "--data", str(data), "--out", str(out), "--json"]) in (0, 3)
+    html = (out / "plan.html").read_text()
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+@pytest.mark.skipif(not HELPFUL.exists(), reason="shared data not present")
+@pytest.mark.parametrize("rule,check", [
+    ("block concept v;", lambda a, lo, hi, a0: lo <= 0 <= hi),
+    ("block concept v via filter;", lambda a, lo, hi, a0: lo <= 0 <= hi),
+    ("amplify concept v by 2.0;", lambda a, lo, hi, a0: abs(a - 2 * a0) <= 0.2 * abs(2 * a0)),
+])
+def test_verbosity_on_helpful_base(rule, check):
+    """The issue's figures, with words as the length measure (no tokenizer needed in tests)."""
+    from ethos.runtime.data import load_pairs
+    from ethos.runtime.featurize import featurize
+
+    plan = compile_source("concept v = metric words;\n" + rule).plan
+    data = load_pairs(HELPFUL)
+    table = featurize(plan, data, progress=False)
+    o = shape(plan, table, data.counts(), n_boot=200)
+    c = o.to_dict()["concepts"][0]
+    assert c["alpha_before"] > 0
+    assert check(c["alpha_after"], *c["alpha_after_ci"], c["alpha_before"])
+    if "filter" in rule:
+        assert o.rows["excluded"] - 6 <= 0.2 * o.rows["usable"]  # keeps ≥ 80% of usable pairs
+
+
+def test_apply_writes_dataset_accounting_and_config(tmp_path, ethos_cache):
+    policy = write(tmp_path, 'concept v = metric words;\nblock concept v via filter;\n'
+                             'block concept v via inoculation "Answer at length.";\n'
+                             'dampen concept hedging by 0.5 via loss;\nreverse concept apology via relabel;\n')
+    out = tmp_path / "a"
+    assert main(["apply", policy, "--limit", "150", "--out", str(out)]) == 0
+    acc = [json.loads(x) for x in (out / "accounting.jsonl").read_text().splitlines()]
+    assert [a["row"] for a in acc] == list(range(150))
+    assert {a["fate"] for a in acc} <= {"kept", "reweighted", "relabelled", "excluded"}
+    assert all(a["reason"] for a in acc)
+    ds = pd.read_parquet(out / "dataset.parquet")
+    assert list(ds.columns) == ["id", "prompt", "chosen", "rejected", "weight", "margin_offset", "inoculation"]
+    assert len(ds) == sum(a["copies"] for a in acc)
+    inoc = ds[ds.inoculation.notna()]
+    assert len(inoc) and all(p[0]["role"] == "system" and p[0]["content"] == "Answer at length." for p in inoc.prompt)
+    assert (ds.margin_offset != 0).any()
+    swapped = {a["id"] for a in acc if a["swapped"]}
+    from ethos.runtime.data import load_pairs
+
+    pairs = {p.id: p for p in load_pairs(limit=150).pairs}
+    for _, r in ds[ds.id.isin(swapped)].iterrows():
+        assert r.chosen[0]["content"] == pairs[r.id].rejected
+    assert json.loads((out / "plan.json").read_text())["format_version"] == "1"
+    assert json.loads((out / "train.json").read_text())["dataset"] == "dataset.parquet"
+    assert (out / "dataset.jsonl").read_text().count("\n") == len(ds)
+
+
+def test_saved_plan_applies_only_to_the_same_data(tmp_path, ethos_cache, capsys):
+    policy = write(tmp_path, "concept v = metric words;\nblock concept v;\n")
+    saved = tmp_path / "saved.json"
+    assert main(["plan", policy, "--limit", "60", "--out", str(tmp_path / "o"), "--save", str(saved)]) == 0
+    assert main(["apply", str(saved), "--limit", "60", "--out", str(tmp_path / "a")]) == 0
+    assert main(["apply", str(saved), "--limit", "50", "--out", str(tmp_path / "b")]) == 1
+    assert "made on other data" in capsys.readouterr().err
+
+
+def test_lock_pins_and_refuses_a_stale_resolution(tmp_path, ethos_cache, capsys):
+    words = tmp_path / "w.txt"
+    words.write_text("sure\n")
+    policy = write(tmp_path, 'concept w = lexicon "w.txt";\nblock concept w;\n')
+    assert main(["lock", policy, "--limit", "40"]) == 0
+    lock = json.loads((tmp_path / "ethos.lock").read_text())
+    entry = lock["policies"]["p.ethos"]
+    assert entry["concepts"]["w"]["kind"] == "lexicon" and entry["data"]["fingerprint"]
+    assert main(["plan", policy, "--limit", "40", "--out", str(tmp_path / "o")]) == 0
+    words.write_text("sure\nof course\n")  # the lexicon changes under the policy
+    assert main(["plan", policy, "--limit", "40", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "ethos.lock is stale" in err and "concepts.w" in err and "--update-lock" in err
+    assert main(["plan", policy, "--limit", "40", "--out", str(tmp_path / "o"), "--update-lock"]) == 0
+    assert main(["plan", policy, "--limit", "40", "--out", str(tmp_path / "o")]) == 0
