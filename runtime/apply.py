@@ -43,59 +43,93 @@ def register(subparsers) -> None:
     s.set_defaults(func=run_apply)
 
 
-def _messages(prompt, inoculation: list[str]) -> list[dict[str, str]]:
-    msgs = [{"role": m.role, "content": m.content} for m in prompt]
-    if inoculation:
-        text = " ".join(inoculation)
-        if msgs and msgs[0]["role"] == "system":
-            msgs[0] = {"role": "system", "content": f"{text}\n\n{msgs[0]['content']}"}
-        else:
-            msgs.insert(0, {"role": "system", "content": text})
-    return msgs
+def shaped_tables(outcome, data):
+    """(dataset, accounting) as Arrow tables, built column by column from a dry run's outcome and
+    the loaded data (no Python object per output cell, so a million pairs take seconds)."""
+    import pyarrow as pa
 
-
-def shaped_records(outcome, data) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(dataset rows, accounting rows) from a dry run's outcome and the loaded data."""
     sim = outcome.sim
+    n = len(outcome.ids)
     pairs = {p.id: p for p in data.pairs}
-    position = {pid: k for k, pid in enumerate(outcome.ids)}
-    records: list[dict[str, Any]] = []
-    accounting: list[dict[str, Any]] = []
-    excluded = {e.row: e for e in data.exclusions}
-    for row in range(data.input_rows):
-        if row in excluded:
-            e = excluded[row]
-            accounting.append({"row": row, "id": None, "fate": "excluded", "reason": e.reason, "detail": e.detail,
-                               "weight": 0.0, "copies": 0, "swapped": False, "inoculation": []})
-            continue
-        pid = str(row)
-        k = position.get(pid)
-        if k is None:  # a usable pair that featurize left out (a missing score): excluded, said so
-            accounting.append({"row": row, "id": pid, "fate": "excluded", "reason": "no_score",
-                               "detail": "a concept could not be scored", "weight": 0.0, "copies": 0,
-                               "swapped": False, "inoculation": []})
-            continue
-        p = pairs[pid]
-        copies = int(sim.multiplicity[k])
-        swapped = bool(sim.swapped[k])
-        weight = float(sim.weights[k] / copies) if copies else 0.0
-        fate = str(sim.fate[k])
-        reason = sim.decided_by[k] or ("unchanged" if fate == "kept" else "")
-        accounting.append({"row": row, "id": pid, "fate": fate, "reason": reason, "detail": "",
-                           "weight": weight, "copies": copies, "swapped": swapped,
-                           "inoculation": list(sim.inoculations[k])})
-        chosen, rejected = (p.rejected, p.chosen) if swapped else (p.chosen, p.rejected)
-        for _ in range(copies):
-            records.append({
-                "id": pid,
-                "prompt": _messages(p.prompt, sim.inoculations[k]),
-                "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-                "weight": weight,
-                "margin_offset": float(sim.margin_offset[k]),
-                "inoculation": " ".join(sim.inoculations[k]) or None,
-            })
-    return records, accounting
+    ordered = [pairs[i] for i in outcome.ids]
+    swapped = sim.swapped
+    inoc = sim.inoculation
+
+    # prompts: chat messages, with the inoculation instruction as (or prepended to) a system message
+    offsets, roles, contents = [0], [], []
+    for k, p in enumerate(ordered):
+        msgs = p.prompt
+        text = inoc[k]
+        if text:
+            if msgs and msgs[0].role == "system":
+                roles.append("system")
+                contents.append(f"{text}\n\n{msgs[0].content}")
+                msgs = msgs[1:]
+            else:
+                roles.append("system")
+                contents.append(text)
+        for m in msgs:
+            roles.append(m.role)
+            contents.append(m.content)
+        offsets.append(len(roles))
+    message = lambda r, c: pa.StructArray.from_arrays([pa.array(r, pa.string()), pa.array(c, pa.string())],  # noqa: E731
+                                                       names=["role", "content"])
+    prompt = pa.ListArray.from_arrays(pa.array(offsets, pa.int64()), message(roles, contents))
+    chosen_text = [p.rejected if s else p.chosen for p, s in zip(ordered, swapped)]
+    rejected_text = [p.chosen if s else p.rejected for p, s in zip(ordered, swapped)]
+    one = pa.array(np.arange(n + 1), pa.int64())
+    assistant = ["assistant"] * n
+    chosen = pa.ListArray.from_arrays(one, message(assistant, chosen_text))
+    rejected = pa.ListArray.from_arrays(one, message(assistant, rejected_text))
+
+    copies = sim.multiplicity.astype(np.int64)
+    weight = np.where(copies > 0, sim.weights / np.maximum(copies, 1), 0.0)
+    take = pa.array(np.repeat(np.arange(n), copies))
+    ids = pa.array(outcome.ids, pa.string())
+    inoc_col = pa.array(np.where(inoc == "", None, inoc), pa.string())
+    dataset = pa.table({
+        "id": ids.take(take),
+        "prompt": prompt.take(take),
+        "chosen": chosen.take(take),
+        "rejected": rejected.take(take),
+        "weight": pa.array(weight).take(take),
+        "margin_offset": pa.array(sim.margin_offset.astype(float)).take(take),
+        "inoculation": inoc_col.take(take),
+    })
+
+    # accounting: every input row, in input order
+    rows = data.input_rows
+    row_of = np.array([int(i) for i in outcome.ids], dtype=np.int64)
+    fate = np.full(rows, "excluded", dtype=object)
+    reason = np.full(rows, "no_score", dtype=object)  # a usable pair featurize could not score
+    detail = np.full(rows, "", dtype=object)
+    acc_id = np.full(rows, None, dtype=object)
+    acc_w, acc_copies = np.zeros(rows), np.zeros(rows, dtype=np.int64)
+    acc_swapped = np.zeros(rows, dtype=bool)
+    acc_inoc = np.full(rows, "", dtype=object)
+    usable_rows = np.array([int(p.id) for p in data.pairs], dtype=np.int64)
+    acc_id[usable_rows] = [p.id for p in data.pairs]
+    detail[usable_rows] = "a concept could not be scored"
+    for e in data.exclusions:
+        reason[e.row], detail[e.row] = e.reason, e.detail
+    fate[row_of] = sim.fate
+    decided = sim.decided_by.copy()
+    decided[(decided == "") & (sim.fate == "kept")] = "unchanged"
+    reason[row_of] = decided
+    detail[row_of] = ""
+    acc_w[row_of], acc_copies[row_of], acc_swapped[row_of], acc_inoc[row_of] = weight, copies, swapped, inoc
+    accounting = pa.table({
+        "row": pa.array(np.arange(rows)), "id": pa.array(acc_id, pa.string()), "fate": pa.array(fate, pa.string()),
+        "reason": pa.array(reason, pa.string()), "detail": pa.array(detail, pa.string()), "weight": acc_w,
+        "copies": acc_copies, "swapped": acc_swapped, "inoculation": pa.array(acc_inoc, pa.string()),
+    })
+    return dataset, accounting
+
+
+def _jsonl(table) -> str:
+    """Arrow table → JSON Lines text (pandas' C writer; nested lists of messages stay nested)."""
+    text = table.to_pandas().to_json(orient="records", lines=True, force_ascii=False)
+    return text if text.endswith("\n") or not text else text + "\n"
 
 
 def train_config(outcome, prep) -> dict[str, Any]:
@@ -122,7 +156,8 @@ def train_config(outcome, prep) -> dict[str, Any]:
 
 
 def run_apply(args) -> int:
-    import pyarrow as pa
+    import io
+
     import pyarrow.parquet as pq
 
     if args.limit is not None and args.limit < 1:
@@ -137,24 +172,22 @@ def run_apply(args) -> int:
         return _fail("apply", str(e))
     except KeyboardInterrupt:
         return _fail("apply", "interrupted before anything was written; rerun to resume", 130)
-    records, accounting = shaped_records(outcome, prep.data)
-    assert len(accounting) == prep.data.input_rows
-    if not records:
+    dataset, accounting = shaped_tables(outcome, prep.data)
+    assert accounting.num_rows == prep.data.input_rows
+    if dataset.num_rows == 0:
         return _fail("apply", "the plan leaves no pair in the dataset; nothing written")
-
-    import io
-
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(records), buf)
+    pq.write_table(dataset, buf)
     atomic_write_bytes(out / "dataset.parquet", buf.getvalue())
-    atomic_write_text(out / "dataset.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    atomic_write_text(out / "accounting.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in accounting))
+    atomic_write_text(out / "dataset.jsonl", _jsonl(dataset))
+    atomic_write_text(out / "accounting.jsonl", _jsonl(accounting))
     atomic_write_text(out / "plan.json", dump_plan(prep.plan))
     doc = outcome.to_dict()
     doc["data"] = {"source": prep.data_source, "fingerprint": prep.data.fingerprint, "limit": args.limit}
     atomic_write_text(out / "outcome.json", json.dumps(doc, indent=2) + "\n")
     atomic_write_text(out / "train.json", json.dumps(train_config(outcome, prep), indent=2) + "\n")
-    fates = {f: sum(a["fate"] == f for a in accounting) for f in ("kept", "reweighted", "relabelled", "excluded")}
-    print(f"wrote {len(records):,} training rows from {prep.data.input_rows:,} input rows to {out} "
+    fate_col = accounting.column("fate").to_numpy(zero_copy_only=False)
+    fates = {f: int(np.count_nonzero(fate_col == f)) for f in ("kept", "reweighted", "relabelled", "excluded")}
+    print(f"wrote {dataset.num_rows:,} training rows from {prep.data.input_rows:,} input rows to {out} "
           f"({', '.join(f'{v:,} {k}' for k, v in fates.items())}); ESS {outcome.sim.ess:,.0f}")
     return 0

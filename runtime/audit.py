@@ -41,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import special as sps_special
 from scipy import stats as sps
 
 FORMAT = "ethos.audit/1"
 MIN_PAIRS = 10  # fewer usable pairs than this: no statistics, a note instead
 N_BOOT = 2000  # bootstrap resamples for the CI of d
 SPLITS = 50  # random half-splits behind split_half_agreement
+MAX_BOOT_CELLS = 20_000_000  # n_pairs × n_boot above this: the normal-approximation CI of d instead
 CORR_THRESHOLD = 0.7  # |r| of two concepts' z above which they are flagged as correlated
 SATURATED = 30.0  # a fitted pair margin |α·z| beyond this (σ = 1 − 1e-13) suggests separation
 Q_MAX = 0.05  # discovery: a latent survives at q < Q_MAX
@@ -149,9 +151,9 @@ def split_half(
     if n < 2 or c == 0:
         return np.zeros(c, bool), np.full(c, np.nan)
     rng = np.random.default_rng(seed)
-    order = np.argsort(rng.random((splits, n)), axis=1)
     h = np.zeros((splits, n))
-    np.put_along_axis(h, order[:, : n // 2], 1.0, axis=1)
+    h[:, : n // 2] = 1.0
+    h = rng.permuted(h, axis=1)  # each row an independent random half (an O(n) shuffle, no sort)
     first = h @ wd
     second = wd.sum(axis=0)[None, :] - first
     ok = (np.sign(first) == total) & (np.sign(second) == total) & (total != 0)
@@ -179,6 +181,7 @@ class Marginal:
     split_half_stable: np.ndarray
     split_half_agreement: np.ndarray
     test: str  # "sign" (exact) or "weighted-sign-normal"
+    ci_method: str = "percentile bootstrap over pairs"
 
     def take(self, idx: np.ndarray) -> "Marginal":
         kw = {k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
@@ -234,13 +237,23 @@ def marginal(
         test = "weighted-sign-normal"
     with np.errstate(invalid="ignore", divide="ignore"):
         d = np.where(sd > 0, mean / np.where(sd > 0, sd, 1.0), np.nan)
-    if ci:
+    ci_method = "none"
+    if ci and n * n_boot <= MAX_BOOT_CELLS:
         lo, hi = bootstrap_d_ci(delta, w, n_boot=n_boot, seed=seed)
         lo[np.isnan(d)] = hi[np.isnan(d)] = np.nan
+        ci_method = "percentile bootstrap over pairs"
+    elif ci:
+        # too many pairs for a resampling matrix: the large-sample normal CI of d,
+        # se(d) = sqrt((1 + d²/2) / n_eff), which the bootstrap approaches at this size anyway
+        n_eff = n if w is None else (w.sum() ** 2 / max((w * w).sum(), 1e-300))
+        se = np.sqrt((1.0 + d * d / 2.0) / max(n_eff, 1.0))
+        lo, hi = d - _Z * se, d + _Z * se
+        ci_method = "normal approximation (n × resamples too large to bootstrap)"
     else:
         lo, hi = np.full(c, np.nan), np.full(c, np.nan)
+    splits = max(2, min(splits, MAX_BOOT_CELLS // max(n, 1)))
     stable, agreement = split_half(delta, w, splits=splits, seed=seed + 1)
-    return Marginal(n, mean, sd, d, lo, hi, n_pos, n_neg, win, p, stable, agreement, test)
+    return Marginal(n, mean, sd, d, lo, hi, n_pos, n_neg, win, p, stable, agreement, test, ci_method)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,11 +289,17 @@ class JointFit:
 
 
 def _log_sigmoid(m: np.ndarray) -> np.ndarray:
-    return -np.logaddexp(0.0, -m)
+    return sps_special.log_expit(m)
 
 
 def _sigmoid(m: np.ndarray) -> np.ndarray:
-    return np.exp(_log_sigmoid(m))
+    return sps_special.expit(m)
+
+
+def _weighted_gram(z: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """zᵀ diag(v) z for v ≥ 0, as (√v z)ᵀ(√v z): one scaled copy and a symmetric product."""
+    zs = z * np.sqrt(v)[:, None]
+    return zs.T @ zs
 
 
 def separating_columns(z: np.ndarray, tol: float = 1e-7) -> np.ndarray:
@@ -309,21 +328,26 @@ def separating_columns(z: np.ndarray, tol: float = 1e-7) -> np.ndarray:
 
 
 def _independent_columns(z: np.ndarray, tol: float = 1e-8) -> tuple[list[int], dict[int, list[int]]]:
-    """A greedy maximal set of linearly independent columns, and for each other column the kept
-    columns it depends on (through a least-squares fit)."""
+    """A greedy maximal set of linearly independent columns (in column order), and for each other
+    column the kept columns it depends on. Works on the Gram matrix G = zᵀz (one O(n·c²) product;
+    everything after is c × c): column j's squared residual after projecting out the kept columns
+    is G_jj − g·G_kk⁻¹·g, compared with (tol·√n)²·G_jj, the same criterion as a least-squares fit
+    per column on z itself."""
+    n, c = z.shape
     keep: list[int] = []
     dependent: dict[int, list[int]] = {}
-    for j in range(z.shape[1]):
-        col = z[:, j]
-        norm = np.linalg.norm(col)
-        if norm == 0:
+    if c == 0:
+        return keep, dependent
+    g = z.T @ z
+    limit = (tol * math.sqrt(n)) ** 2 + 1e-24
+    for j in range(c):
+        if g[j, j] <= 0:
             dependent[j] = []
             continue
         if keep:
-            basis = z[:, keep]
-            coef, *_ = np.linalg.lstsq(basis, col, rcond=None)
-            resid = col - basis @ coef
-            if np.linalg.norm(resid) <= tol * norm * math.sqrt(z.shape[0]) + 1e-12 * norm:
+            gk, gj = g[np.ix_(keep, keep)], g[keep, j]
+            coef = np.linalg.lstsq(gk, gj, rcond=None)[0]
+            if g[j, j] - gj @ coef <= limit * g[j, j]:
                 dependent[j] = [keep[i] for i in np.flatnonzero(np.abs(coef) > 1e-9)]
                 continue
         keep.append(j)
@@ -344,7 +368,7 @@ def _newton(z: np.ndarray, w: np.ndarray, max_iter: int = 50, stop_at: float = m
             return alpha, False, it
         s = _sigmoid(m)
         grad = z.T @ (w * (1.0 - s))
-        h = (z * (w * s * (1.0 - s))[:, None]).T @ z
+        h = _weighted_gram(z, w * s * (1.0 - s))
         try:
             step = np.linalg.solve(h, grad)
         except np.linalg.LinAlgError:
@@ -453,7 +477,7 @@ def joint(
     za = zr[:, active]
     m = za @ alpha + off
     s = _sigmoid(m)
-    h = (za * (wr * s * (1.0 - s))[:, None]).T @ za
+    h = _weighted_gram(za, wr * s * (1.0 - s))
     try:
         hinv = np.linalg.inv(h)
     except np.linalg.LinAlgError:
@@ -922,7 +946,7 @@ def audit_scores(
         "n_boot": n_boot,
         "level": LEVEL,
         "test": mg.test if mg is not None else "sign",
-        "d_ci": "percentile bootstrap over pairs",
+        "d_ci": mg.ci_method if mg is not None else "none",
         "alpha_ci": f"Wald ({fit.cov} covariance, one-sided likelihood = symmetrised / 2)",
         "weighted": w is not None,
         "corr_threshold": corr_threshold,

@@ -67,9 +67,9 @@ class Simulation:
     swapped: np.ndarray  # relabelled: chosen and rejected exchanged
     margin_offset: np.ndarray  # the loss protocol's o_i (on the final orientation)
     sign: np.ndarray  # +1 or −1: the final orientation relative to the input
-    inoculations: list[list[str]]  # instructions added to each pair's training prompt
+    inoculation: np.ndarray  # the instruction(s) added to each pair's training prompt ("" if none)
     fate: np.ndarray  # one of FATES per pair
-    decided_by: list[str]  # the rule (source line) that decided each pair's fate, "" if none
+    decided_by: np.ndarray  # the rule (source line) that decided each pair's fate, "" if none
     ess: float  # effective sample size of the final weights over the pairs still in the data
     notes: list[str] = field(default_factory=list)
 
@@ -143,19 +143,18 @@ def simulate(
             out += (k - 1.0) * alpha[j] * z[:, j]
         return out
 
-    def main_rule(rules, contributions: np.ndarray) -> list[str]:
+    def main_rule(rules, contributions: np.ndarray) -> np.ndarray:
         """Per pair, the rule whose concept contributed most to the change."""
-        texts = [_rule_text(r) for r in rules]
+        texts = np.array([_rule_text(r) for r in rules], dtype=object)
         if len(rules) == 1:
-            return texts * n
-        idx = np.argmax(np.abs(contributions), axis=1)
-        return [texts[k] for k in idx]
+            return np.full(n, texts[0], dtype=object)
+        return texts[np.argmax(np.abs(contributions), axis=1)]
 
     def contributions(rules) -> np.ndarray:
         return np.stack([(r.factor - 1.0) * alpha[col[r.concept]] * z[:, col[r.concept]] for r in rules], axis=1)
 
     sign = np.ones(n)
-    decided = [""] * n
+    decided = np.full(n, "", dtype=object)
     eta = z @ alpha
 
     # relabel
@@ -169,9 +168,7 @@ def simulate(
         z = z * sign[:, None]
         delta = delta * sign[:, None]
         eta = z @ alpha
-        who = main_rule(rules, contributions(rules))
-        for i in np.flatnonzero(swapped):
-            decided[i] = who[i]
+        decided[swapped] = main_rule(rules, contributions(rules))[swapped]
 
     # filter
     multiplicity = np.ones(n, dtype=np.int64)
@@ -186,9 +183,8 @@ def simulate(
         u_drop, u_dup = _uniform(seed, "filter-drop", n), _uniform(seed, "filter-dup", n)
         whole = np.floor(copies)
         multiplicity = (u_drop < keep_p) * (whole + (u_dup < copies - whole)).astype(np.int64)
-        who = main_rule(rules, contributions(rules))
-        for i in np.flatnonzero(multiplicity != 1):
-            decided[i] = who[i]
+        changed = multiplicity != 1
+        decided[changed] = main_rule(rules, contributions(rules))[changed]
 
     # data
     weights = np.ones(n)
@@ -214,10 +210,8 @@ def simulate(
         if clipped:
             notes.append(f"{clipped} weight(s) clipped at {clip:g}× the median weight")
         weights = w
-        who = main_rule(rules, contributions(rules))
-        for i in np.flatnonzero(np.abs(weights - 1) >= REWEIGHT_TOLERANCE):
-            if not decided[i]:
-                decided[i] = who[i]
+        changed = (np.abs(weights - 1) >= REWEIGHT_TOLERANCE) & (decided == "")
+        decided[changed] = main_rule(rules, contributions(rules))[changed]
 
     # loss
     offset = np.zeros(n)
@@ -226,11 +220,16 @@ def simulate(
         offset = -shift(rules)  # Σ (1 − k) α z on the final orientation
 
     # inoculation
-    inoculations: list[list[str]] = [[] for _ in range(n)]
-    for rule in by_protocol.get("inoculation", []):
-        for i in np.flatnonzero(delta[:, col[rule.concept]] > 0):
-            if rule.text not in inoculations[i]:
-                inoculations[i].append(rule.text)
+    inoculation = np.full(n, "", dtype=object)
+    for text in dict.fromkeys(r.text for r in by_protocol.get("inoculation", [])):
+        teaches = np.zeros(n, dtype=bool)  # pairs where some concept with this instruction has Δ > 0
+        for rule in by_protocol["inoculation"]:
+            if rule.text == text:
+                teaches |= delta[:, col[rule.concept]] > 0
+        first = teaches & (inoculation == "")
+        inoculation[first] = text
+        more = teaches & ~first
+        inoculation[more] = inoculation[more] + " " + text
 
     final = weights * multiplicity
     fate = np.full(n, "kept", dtype=object)
@@ -246,7 +245,7 @@ def simulate(
         swapped=swapped,
         margin_offset=offset,
         sign=sign,
-        inoculations=inoculations,
+        inoculation=inoculation,
         fate=fate,
         decided_by=decided,
         ess=ess,

@@ -30,6 +30,7 @@ from .interventions import FATES, Simulation, simulate
 
 FORMAT = 1
 SIGNIFICANCE = 0.05
+CALIBRATION_PAIRS = 200_000
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 
 
@@ -83,9 +84,9 @@ def _interventions(plan: Plan, sim: Simulation) -> list[dict[str, Any]]:
     for i in plan.interventions:
         kind = PROTOCOL_KIND[i.protocol]
         tag = f"line {i.span.line}: {i.action} concept {i.concept} via {i.protocol}"
-        affected = sum(1 for d in sim.decided_by if d == tag)
+        affected = int(np.count_nonzero(sim.decided_by == tag))
         if i.protocol == "inoculation":
-            affected = sum(1 for texts in sim.inoculations if i.text in texts)
+            affected = int(np.count_nonzero([i.text in t for t in sim.inoculation[sim.inoculation != ""]]))
         out.append({
             "line": i.span.line,
             "concept": i.concept,
@@ -127,8 +128,14 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
     sd = np.array([scale[n] if scale[n] and math.isfinite(scale[n]) and scale[n] > 0 else np.inf for n in names])
     z = np.where(np.isfinite(delta), delta / sd, 0.0)
     alpha = np.array([stats[n].alpha for n in names])
+    # calibrating the data weights needs only the coefficients, not their CIs: on a large dataset
+    # a fixed random subsample of CALIBRATION_PAIRS pairs is enough (the final re-fit uses all)
+    sub = np.flatnonzero(finite)
+    if len(sub) > CALIBRATION_PAIRS:
+        sub = np.sort(np.random.default_rng(seed).choice(sub, CALIBRATION_PAIRS, replace=False))
+
     def refit(zz: np.ndarray, ww: np.ndarray) -> np.ndarray:
-        return joint(np.where(finite[:, None], zz, 0.0), np.where(finite, ww, 0.0), names=names).alpha
+        return joint(zz[sub], ww[sub], names=names).alpha
 
     sim = simulate(plan, names, z, alpha, delta=np.where(np.isfinite(delta), delta, 0.0), seed=seed,
                    calibrate=refit)
@@ -210,7 +217,8 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
                 "excluded_reasons": {**dict(rows.get("excluded", {})),
                                      **({"filtered": int(np.sum(sim.fate == "excluded"))} if np.any(sim.fate == "excluded") else {})}}
 
-    outcome = Outcome(plan, before, after, sim, [str(x) for x in table["id"]], out_rows, concepts, [], warnings, seed)
+    ids = table["id"].astype(str).tolist()
+    outcome = Outcome(plan, before, after, sim, ids, out_rows, concepts, [], warnings, seed)
     outcome.expectations = [_check(e, outcome) for e in plan.expectations]
     return outcome
 
@@ -464,8 +472,9 @@ def examples(outcome: Outcome, prep: Prepared, per_rule: int = 3) -> list[dict[s
     out = []
     for i in outcome.plan.interventions:
         tag = f"line {i.span.line}: {i.action} concept {i.concept} via {i.protocol}"
-        idx = [k for k, d in enumerate(sim.decided_by) if d == tag]
-        idx.sort(key=lambda k: -abs(sim.weights[k] - 1.0) - float(sim.swapped[k]) - float(sim.multiplicity[k] == 0))
+        idx = np.flatnonzero(sim.decided_by == tag)
+        strength = np.abs(sim.weights[idx] - 1.0) + sim.swapped[idx] + (sim.multiplicity[idx] == 0)
+        idx = idx[np.argsort(-strength, kind="stable")]
         shown = []
         for k in idx[:per_rule]:
             p = pairs[outcome.ids[k]]

@@ -99,12 +99,12 @@ def test_fates_and_ess(pairs):
     assert counts["excluded"] == int((sim.multiplicity == 0).sum())
     assert counts["relabelled"] == int((sim.swapped & (sim.multiplicity > 0)).sum())
     assert 0 < sim.ess <= (sim.weights > 0).sum()
-    assert all(d for d, f in zip(sim.decided_by, sim.fate) if f in ("excluded", "relabelled"))
+    assert np.all(sim.decided_by[np.isin(sim.fate, ["excluded", "relabelled"])] != "")
 
 
 def test_inoculation_marks_pairs_where_the_data_teaches_the_concept(pairs):
     sim = simulate(plan('block concept a via inoculation "You like a.";'), NAMES, pairs, fit(pairs))
-    marked = np.array([bool(x) for x in sim.inoculations])
+    marked = sim.inoculation != ""
     assert np.array_equal(marked, pairs[:, 0] > 0)
     assert np.all(sim.weights == 1) and not sim.swapped.any()
 

@@ -128,6 +128,7 @@ def test_apply_writes_dataset_accounting_and_config(tmp_path, ethos_cache):
     assert [a["row"] for a in acc] == list(range(150))
     assert {a["fate"] for a in acc} <= {"kept", "reweighted", "relabelled", "excluded"}
     assert all(a["reason"] for a in acc)
+    assert sum(a["fate"] == "excluded" for a in acc) >= 1 and any(a["reason"] == "empty_reply" for a in acc)
     ds = pd.read_parquet(out / "dataset.parquet")
     assert list(ds.columns) == ["id", "prompt", "chosen", "rejected", "weight", "margin_offset", "inoculation"]
     assert len(ds) == sum(a["copies"] for a in acc)
