@@ -33,7 +33,10 @@ the same data, with concept c's contribution scaled by k_c. Each protocol realis
 
 ``loss``
     a per-pair margin offset o_i = Σ_c (1 − k_c) α_c z_ic for the DPO loss −log σ(h + o). A
-    logistic fit with that offset learns η − o = η′, so its coefficient for c is k_c·α_c.
+    logistic fit with that offset learns η − o = η′, so its coefficient for c is k_c·α_c. When the
+    same concept is also shaped by a data rule, the offset makes up only what the data left:
+    Σ_c (a_c − k_c α_c) z_ic with a the coefficients re-fitted after the data stages (given
+    ``calibrate``), so one factor realised by both protocols does not compound.
 
 ``ablation``, ``steering``, ``penalty``
     act on activations or the loss during training only; nothing changes in the data.
@@ -133,6 +136,10 @@ def simulate(
     for concept, protos in data_kind.items():
         if len(protos) > 1:
             notes.append(f"concept '{concept}' is realised in the data by {', '.join(protos)}: their effects compound")
+    for i in plan.interventions:
+        if i.protocol == "loss" and i.concept in data_kind:
+            notes.append(f"concept '{i.concept}' is shaped in the data and the loss: the margin offset makes up "
+                         f"only what the data rules leave")
 
     def shift(rules) -> np.ndarray:
         """Σ_c (k_c − 1) α_c z_ic over the rules' concepts (each concept once)."""
@@ -218,6 +225,18 @@ def simulate(
     rules = by_protocol.get("loss", [])
     if rules:
         offset = -shift(rules)  # Σ (1 − k) α z on the final orientation
+        shaped = {c for c, protos in data_kind.items() if len(protos) and c in {r.concept for r in rules}}
+        if shaped and calibrate is not None:
+            # the concept is also shaped in the data: the offset only makes up what the data rules
+            # left, Σ (a_c − k_c α_c) z_c with a the coefficients the re-fit finds after them, so the
+            # two protocols realise one factor together instead of compounding
+            fitted = np.asarray(calibrate(z, weights * multiplicity), dtype=float)
+            offset = np.zeros(n)
+            for concept in dict.fromkeys(r.concept for r in rules):
+                j = col[concept]
+                k = next(r.factor for r in rules if r.concept == concept)
+                current = fitted[j] if concept in shaped and np.isfinite(fitted[j]) else alpha[j]
+                offset += (current - k * alpha[j]) * z[:, j]
 
     # inoculation
     inoculation = np.full(n, "", dtype=object)

@@ -94,9 +94,9 @@ def _interventions(plan: Plan, sim: Simulation) -> list[dict[str, Any]]:
             "factor": i.factor,
             "protocol": i.protocol,
             "kind": kind,
-            "simulated": i.protocol in ("data", "filter", "relabel", "loss"),
+            "simulated": i.protocol in ("data", "filter", "relabel", "loss"),  # penalty: a training-time loss term
             "pairs_affected": affected if i.protocol != "loss" else int(np.count_nonzero(sim.margin_offset)),
-            "realised_in": "training" if kind == "activation" or i.protocol in ("penalty", "inoculation") else "data",
+            "realised_in": {"data": "data", "loss": "loss (in training)", "activation": "activations (in training)"}[kind],
         })
     return out
 
@@ -187,7 +187,7 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
             "alpha_after": a_alpha,
             "alpha_after_ci": a_ci,
             "alpha_target": target,
-            "on_target": _within(target, a_ci),
+            "on_target": _within(target, a_ci) if k is not None else None,
             "share_before": b.share,
             "share_after": share_after[name],
             "d": b.d,
@@ -197,7 +197,7 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
             "collateral": False,
             "note": b.note,
         }
-        if k is not None and (not math.isfinite(b.q) or b.q >= SIGNIFICANCE):
+        if k is not None and k != 1 and (not math.isfinite(b.q) or b.q >= SIGNIFICANCE):
             warnings.append(f"concept '{name}' has no significant effect in this data (q = {_fmt(b.q)}); "
                             f"the rule on it changes little")
         if k is None and math.isfinite(b.alpha) and math.isfinite(a_alpha) and not _within(a_alpha, b.alpha_ci):

@@ -458,8 +458,8 @@ def print_plan_report(doc: Mapping[str, Any], plan: Mapping[str, Any], console: 
     for col in ("concept", "lens", "k", "α before [95% CI]", "target", "α after [95% CI]", "check", "q"):
         table.add_column(col, no_wrap=True)
     for c in ctx["concepts"]:
-        check = ("moved (no rule)" if c["collateral"] else "on target" if c["on_target"] else
-                 "–" if c["factor"] is None else "off target")
+        check = ("moved (no rule)" if c["collateral"] else "–" if c["factor"] is None or c["alpha_after"] is None
+                 else "on target" if c["on_target"] else "off target")
         style = "red" if check in ("off target", "moved (no rule)") and c["protocols"] is not None else None
         table.add_row(c["name"], c["lens"], "–" if c["factor"] is None else num(c["factor"], "g"),
                       est_ci(c["alpha_before"], c["alpha_before_ci"], "+.3f"), num(c["alpha_target"], "+.3f"),
