@@ -84,6 +84,16 @@ class Concept(Frozen):
     description: str = ""
     span: Span | None = None  # the definition's position; None for a library concept
 
+    def lens_text(self) -> str:
+        """A short description of the lens for tables: ``metric length``, ``probe sycophancy.jsonl``,
+        ``features 1203,877,4410``."""
+        lens = self.lens
+        if lens.kind == "metric":
+            return f"metric {lens.metric}"
+        if lens.kind == "features":
+            return "features " + ",".join(map(str, lens.latents[:4])) + (",…" if len(lens.latents) > 4 else "")
+        return f"{lens.kind} {lens.file.path.rsplit('/', 1)[-1]}"
+
 
 # ---------------------------------------------------------------------------------------------
 # Interventions: one factor realised by one protocol. A tagged union on ``protocol``.

@@ -1267,16 +1267,6 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _describe(concept: Any) -> str:
-    lens = concept.lens
-    if lens.kind == "metric":
-        return f"metric {lens.metric}"
-    if lens.kind == "features":
-        ids = ",".join(map(str, lens.latents[:4])) + (",…" if len(lens.latents) > 4 else "")
-        return f"features {ids}"
-    return f"{lens.kind} {lens.file.path.rsplit('/', 1)[-1]}"
-
-
 def run(args: argparse.Namespace) -> int:
     """``ethos audit``: 0 ok, 1 error (bad policy, data, model, SAE), 2 usage."""
     from ethos.compiler.compile import compile_file, plan_for_concepts
@@ -1346,7 +1336,7 @@ def run(args: argparse.Namespace) -> int:
             }
         audit = audit_scores(
             table, [c.name for c in plan.concepts], seed=args.seed, n_boot=args.n_boot, latents=latents,
-            discover_options=labels, rows=data.counts(), lenses={c.name: _describe(c) for c in plan.concepts},
+            discover_options=labels, rows=data.counts(), lenses={c.name: c.lens_text() for c in plan.concepts},
         )
     except KeyboardInterrupt:
         print("ethos audit: interrupted; finished featurize batches are cached, rerun to resume", file=sys.stderr)

@@ -284,17 +284,8 @@ class Prepared:
     data_source: str
 
 
-def _lens_text(c) -> str:
-    lens = c.lens
-    if lens.kind == "metric":
-        return f"metric {lens.metric}"
-    if lens.kind == "features":
-        return "features " + ",".join(map(str, lens.latents[:4])) + (",…" if len(lens.latents) > 4 else "")
-    return f"{lens.kind} {lens.file.path.rsplit('/', 1)[-1]}"
-
-
 def lens_texts(plan: Plan) -> dict[str, str]:
-    return {c.name: _lens_text(c) for c in plan.concepts}
+    return {c.name: c.lens_text() for c in plan.concepts}
 
 
 def load_policy_or_plan(path: str) -> tuple[Plan | None, dict[str, Any] | None, list]:

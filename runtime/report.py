@@ -222,13 +222,22 @@ def histogram_layout(values: Iterable[float], *, bins: int = 30, width: int = 64
                      xlabel: str = "") -> dict[str, Any]:
     """Bars of a histogram of ``values`` (the plan's per-pair weights)."""
     v = np.asarray([x for x in values if _finite(x)], dtype=float)
-    left, right, top, bottom = 40, 12, 8, 30
     if v.size == 0:
+        return histogram_from_counts([], [], width=width, height=height, xlabel=xlabel)
+    counts, edges = np.histogram(v, bins=bins)
+    return histogram_from_counts(counts.tolist(), edges.tolist(), width=width, height=height, xlabel=xlabel)
+
+
+def histogram_from_counts(counts: Sequence[int], edges: Sequence[float], *, width: int = 640, height: int = 180,
+                          xlabel: str = "") -> dict[str, Any]:
+    """Bars of a histogram from its counts and bin edges (the plan document stores those, not one
+    value per pair)."""
+    left, right, top, bottom = 40, 12, 8, 30
+    if not counts:
         return {"width": width, "height": height, "bars": [], "ticks": [], "xlabel": xlabel, "axis_y": height - bottom,
                 "left": left, "right": width - right, "n": 0}
-    counts, edges = np.histogram(v, bins=bins)
     plot_w, plot_h = width - left - right, height - top - bottom
-    cmax = max(int(counts.max()), 1)
+    cmax = max(max(counts), 1)
     lo, hi = float(edges[0]), float(edges[-1])
     span = hi - lo if hi > lo else 1.0
 
@@ -242,7 +251,7 @@ def histogram_layout(values: Iterable[float], *, bins: int = 30, width: int = 64
                      "h": round(h, 2), "title": f"{a:.3g}–{b:.3g}: {int(c)}"})
     return {
         "width": width, "height": height, "bars": bars, "axis_y": top + plot_h, "left": left, "right": width - right,
-        "ticks": [{"x": x(t), "label": f"{t:g}"} for t in nice_ticks(lo, hi)], "xlabel": xlabel, "n": int(v.size),
+        "ticks": [{"x": x(t), "label": f"{t:g}"} for t in nice_ticks(lo, hi)], "xlabel": xlabel, "n": int(sum(counts)),
         "cmax": cmax,
     }
 
@@ -391,7 +400,7 @@ def plan_context(doc: Mapping[str, Any], plan: Mapping[str, Any], examples: Sequ
     ]} for c in concepts]
     weights_hist = doc.get("weights", {}).get("histogram", {})
     counts, edges = weights_hist.get("counts", []), weights_hist.get("edges", [])
-    layout = _histogram_from_counts(counts, edges, xlabel="weight") if counts else histogram_layout([], xlabel="weight")
+    layout = histogram_from_counts(counts, edges, xlabel="weight")
     r = doc["rows"]
     met = sum(e["met"] for e in doc.get("expectations", []))
     failed = len(doc.get("expectations", [])) - met
@@ -410,29 +419,6 @@ def plan_context(doc: Mapping[str, Any], plan: Mapping[str, Any], examples: Sequ
         "weights": layout,
         "examples": list(examples),
     }
-
-
-def _histogram_from_counts(counts: Sequence[int], edges: Sequence[float], *, width: int = 640, height: int = 180,
-                           xlabel: str = "") -> dict[str, Any]:
-    """A histogram layout from precomputed counts and bin edges (the plan document stores those,
-    not one value per pair)."""
-    left, right, top, bottom = 40, 12, 8, 30
-    plot_w, plot_h = width - left - right, height - top - bottom
-    cmax = max(max(counts), 1)
-    lo, hi = float(edges[0]), float(edges[-1])
-    span = hi - lo if hi > lo else 1.0
-
-    def x(e: float) -> float:
-        return round(left + (e - lo) / span * plot_w, 2)
-
-    bars = []
-    for c, a, b in zip(counts, edges[:-1], edges[1:]):
-        h = c / cmax * plot_h
-        bars.append({"x": x(a), "w": max(round(x(b) - x(a) - 1, 2), 0.5), "y": round(top + plot_h - h, 2),
-                     "h": round(h, 2), "title": f"{a:.3g}–{b:.3g}: {int(c)}"})
-    return {"width": width, "height": height, "bars": bars, "axis_y": top + plot_h, "left": left,
-            "right": width - right, "ticks": [{"x": x(t), "label": f"{t:g}"} for t in nice_ticks(lo, hi)],
-            "xlabel": xlabel, "n": int(sum(counts)), "cmax": cmax}
 
 
 def render_plan_html(doc: Mapping[str, Any], plan: Mapping[str, Any], examples: Sequence[Mapping[str, Any]] = (),

@@ -8,16 +8,6 @@ from rich.table import Table
 from ethos.compiler.plan import PROTOCOL_KIND, Plan
 
 
-def _lens(plan: Plan, name: str) -> str:
-    lens = plan.concept(name).lens
-    if lens.kind == "metric":
-        return f"metric {lens.metric}"
-    if lens.kind == "features":
-        ids = ",".join(map(str, lens.latents[:3])) + (",..." if len(lens.latents) > 3 else "")
-        return f"features {ids}"
-    return f"{lens.kind} {lens.file.path.rsplit('/', 1)[-1]}"
-
-
 def _via(i) -> str:
     text = getattr(i, "text", "")
     text = text if len(text) <= 24 else text[:21] + "..."
@@ -41,9 +31,9 @@ def print_plan_summary(plan: Plan, console: Console | None = None) -> None:
     for col in ("line", "concept", "lens", "action", "k", "via"):
         table.add_column(col, no_wrap=True)
     for i in plan.interventions:
-        table.add_row(str(i.span.line), i.concept, _lens(plan, i.concept), i.action, f"{i.factor:g}", _via(i))
+        table.add_row(str(i.span.line), i.concept, plan.concept(i.concept).lens_text(), i.action, f"{i.factor:g}", _via(i))
     for k in plan.keeps:
-        table.add_row(str(k.span.line), k.concept, _lens(plan, k.concept), "keep", "1", "-")
+        table.add_row(str(k.span.line), k.concept, plan.concept(k.concept).lens_text(), "keep", "1", "-")
     console.print(table)
     for e in plan.expectations:
         console.print(f"  expect: {e.text}")
