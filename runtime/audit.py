@@ -1158,9 +1158,11 @@ def _lens_source(concept: Any, plan: Any, draft_dir: Path | None) -> str:
         path = str(full)
         if draft_dir is not None:
             try:
-                path = os.path.relpath(full, draft_dir.resolve())
+                rel = os.path.relpath(full, draft_dir.resolve())
             except ValueError:
-                pass
+                rel = None
+            if rel is not None and not rel.startswith(".."):
+                path = rel  # beside or below the draft: keep it relative; elsewhere: absolute
     text = f'{lens.kind} "{path}"'
     return text + (f" pool {lens.pool}" if lens.kind == "probe" else "")
 
