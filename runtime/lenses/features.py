@@ -6,8 +6,8 @@ the sum over its latents of the pooled values (``sum_i mean_t z_ti`` and ``sum_i
 the concept's ``pool`` picks which is reported).
 
 SAE names resolve in one place, :func:`resolve_sae`: a path to a folder with ``cfg.json``, or a
-name looked up as ``$ETHOS_CACHE/saes/<name>/`` (where ``ethos sae train`` puts the SAEs it
-builds, ``default`` included). Latent ids are range-checked against the SAE's ``d_sae`` when the
+name looked up as ``$ETHOS_CACHE/saes/<name>/``; ``default`` falls back to the SAE shipped in
+``specs/saes/default/`` (docs/sae.md). Latent ids are range-checked against the SAE's ``d_sae`` when the
 lens is built, before any model is loaded, with the policy position in the message.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ethos.compiler.names import DEFAULT_SAE
+from ethos.compiler.names import DEFAULT_SAE, LIBRARY_ROOT
 
 from ..model import cache_root, layer_of_hook
 from . import Lens, LensContext, LensError, Scores, register_lens
@@ -37,9 +37,12 @@ def resolve_sae(name: str) -> Path:
         if (named / "cfg.json").is_file():
             return named
     if name == DEFAULT_SAE:
+        shipped = LIBRARY_ROOT / "saes" / DEFAULT_SAE  # specs/saes/default, shipped with ethos
+        if (shipped / "cfg.json").is_file():
+            return shipped
         raise LensError(
-            f"the default SAE is not built yet (expected in {cache_root() / 'saes' / DEFAULT_SAE}); "
-            "build it with `ethos sae train`, or name an SAE folder in the policy (sae \"path/to/sae\";)"
+            f"the default SAE is missing (looked in {cache_root() / 'saes' / DEFAULT_SAE} and {shipped}); "
+            "rebuild it with the command in docs/sae.md, or name an SAE folder in the policy (sae \"path/to/sae\";)"
         )
     raise LensError(f"unknown SAE {name!r}: name a folder with cfg.json (sae-lens format) or an SAE in {cache_root() / 'saes'}")
 
