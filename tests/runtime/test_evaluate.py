@@ -1,0 +1,144 @@
+"""``ethos evaluate`` and ``ethos train`` on a tiny model: statistics, prompt reading, scoring with
+the plan's lenses, the report, and both CLI handlers (one-line errors, exit codes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ethos.runtime import evaluate as E
+from ethos.runtime import train_cli
+
+POLICY = 'policy "t";\nconcept marker = lexicon "marker.txt";\nblock concept marker via loss;\nkeep concept hedging;\n'
+
+
+@pytest.fixture()
+def policy(tmp_path):
+    (tmp_path / "marker.txt").write_text("hope this helps\n")
+    p = tmp_path / "p.ethos"
+    p.write_text(POLICY)
+    return p
+
+
+def test_compare_predictions_and_bootstrap():
+    res = E.compare_predictions([1.0, -2.0, 0.5, 0.0], [0.9, -1.5, 0.4, 0.1])
+    assert res["n_concepts"] == 4 and res["spearman"] == pytest.approx(1.0) and res["r2"] > 0.95
+    assert res["sign_agreement"] == 1.0
+    few = E.compare_predictions([1.0, -1.0], [0.5, -0.2])
+    assert few["spearman"] is None and "too few" in few["note"]
+    lo, hi = E.bootstrap_mean_ci(np.array([0.0, 1.0] * 20))
+    assert lo < 0.5 < hi
+    acc = E.preference_accuracy(np.array([[-1.0, -2.0], [-3.0, -1.0]]), np.zeros((2, 2)), beta=0.1)
+    assert acc["accuracy"] == 0.5 and acc["margin"] == pytest.approx(0.1 * (1 - 2) / 2)
+
+
+def test_read_prompts_formats(tmp_path):
+    a = tmp_path / "a.jsonl"
+    a.write_text('{"prompt": "hi"}\n{"prompt": [{"role": "user", "content": "yo"}]}\n')
+    assert E.read_prompts(a) == [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]]
+    b = tmp_path / "b.jsonl"
+    b.write_text(json.dumps({"prompt": "q", "chosen": "x", "rejected": "y"}) + "\n"
+                 + json.dumps({"prompt": "q", "chosen": "z", "rejected": "w"}) + "\n")
+    assert E.read_prompts(b) == [[{"role": "user", "content": "q"}]]  # preference data: its distinct prompts
+    with pytest.raises(E.EvaluateError):
+        E.read_prompts(tmp_path / "missing.jsonl")
+
+
+def test_report_from_scores(policy):
+    plan = E._plan_for(str(policy))
+    prompts = [[{"role": "user", "content": f"p{i}"}] for i in range(6)]
+    base = {"replies": [["a"]] * 6, "scores": {"marker": np.zeros((6, 1)), "hedging": np.ones((6, 1))}}
+    run = {"replies": [["b"]] * 6, "scores": {"marker": np.full((6, 1), 2.0), "hedging": np.ones((6, 1))}}
+    info = {"name": "m", "path": "m", "train": {"concepts": {"marker": {"alpha": 1.5, "scale": 4.0},
+                                                            "hedging": {"alpha": 0.2, "scale": 1.0}}}}
+    doc = E.build_report(plan, "base", base, [(info, run)], prompts, 0, 8)
+    rows = {r["concept"]: r for r in doc["models"][0]["concepts"]}
+    assert rows["marker"]["shift"] == 2.0 and rows["marker"]["shift_sd"] == 0.5 and rows["marker"]["predicted"] == 0.0
+    assert rows["hedging"]["predicted"] == pytest.approx(0.2) and rows["hedging"]["shift"] == 0.0
+    md = E.render_markdown(doc)
+    assert "| marker |" in md and "too few" in md
+
+
+def test_generate_and_score_with_tiny_model(tiny_model_dir, policy, ethos_cache):
+    from ethos.runtime.model import load_model
+
+    model, tok, fp = load_model(tiny_model_dir)
+    prompts = [[{"role": "user", "content": "Hello"}], [{"role": "user", "content": "What is the capital of France?"}]]
+    greedy = E.generate(model, tok, prompts, max_new_tokens=4)
+    assert len(greedy) == 2 and greedy == E.generate(model, tok, prompts, max_new_tokens=4)
+    s0 = E.generate(model, tok, prompts, max_new_tokens=4, sample_seed=0)
+    assert s0 == E.generate(model, tok, prompts, max_new_tokens=4, sample_seed=0)  # fixed seeds reproduce
+    plan = E._plan_for(str(policy))
+    scorer = E.Scorer(plan, model, tok, fp, None, str(tiny_model_dir))
+    sc = scorer.score(prompts, ["I hope this helps", "Paris."])
+    assert sc["marker"][0] > 0 and sc["marker"][1] == 0
+    lp = E.sequence_logps(model, tok, [(prompts[0], "Hi there", "No")])
+    assert lp.shape == (1, 2) and np.all(np.isfinite(lp)) and np.all(lp < 0)
+
+
+def _apply_dir(tmp_path: Path, policy: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ethos.compiler.compile import compile_file
+    from ethos.compiler.plan import dump_plan
+
+    d = tmp_path / "apply"
+    d.mkdir()
+    plan = compile_file(str(policy)).plan
+    (d / "plan.json").write_text(dump_plan(plan))
+    rows = [{"id": str(i), "prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": r}], "weight": 1.0, "margin_offset": 0.5 * i,
+             "inoculation": None}
+            for i, (p, c, r) in enumerate([("Hello", "I am fine, thank you!", "Sorry."),
+                                           ("Capital of France?", "Paris. I hope this helps", "It may be Paris.")])]
+    pq.write_table(pa.Table.from_pylist(rows), d / "dataset.parquet")
+    (d / "train.json").write_text(json.dumps({
+        "model": "smollm2-135m-instruct", "layer": None, "sae": "default", "policy": str(policy),
+        "concepts": {"marker": {"alpha": 1.2, "scale": 3.0}}, "training_interventions": [],
+        "defaults": {"beta": 0.1, "learning_rate": 2e-4, "lora": True, "lora_r": 16, "max_length": 256}}))
+    return d
+
+
+def test_train_and_evaluate_cli_on_a_tiny_model(tiny_model_dir, policy, tmp_path, ethos_cache, monkeypatch, capsys):
+    from ethos.runtime.cli import main
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    apply_dir = _apply_dir(tmp_path, policy)
+    out = tmp_path / "run"
+    code = main(["train", str(apply_dir), "--model", str(tiny_model_dir), "--out", str(out), "--steps", "2",
+                 "--batch-size", "2", "--lora-r", "4", "--max-length", "64"])
+    assert code == 0, capsys.readouterr().err
+    train = json.loads((out / "train.json").read_text())
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "plan.json").is_file()
+    assert train["base_model"] == str(tiny_model_dir) and train["settings"]["steps"] == 2
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert any("ethos/margin_offset_mean" in r and r["ethos/margin_offset_mean"] == pytest.approx(0.25) for r in log)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hello"}\n{"prompt": "Capital of France?"}\n{"prompt": "Hi"}\n')
+    code = main(["evaluate", "--base", str(tiny_model_dir), "--models", str(out), "--prompts", str(prompts),
+                 "--policy", str(policy), "--max-new-tokens", "4", "--samples", "1", "--out", str(tmp_path / "ev"),
+                 "--json"])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
+    assert doc["replies_per_prompt"] == 2 and {r["concept"] for r in doc["models"][0]["concepts"]} == {"marker", "hedging"}
+    assert (tmp_path / "ev" / "evaluate.md").read_text().startswith("# ethos evaluate")
+
+
+def test_cli_errors_are_one_line(tmp_path, policy, capsys):
+    from ethos.runtime.cli import main
+
+    assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ethos train: error:") and "Traceback" not in err and err.count("\n") == 1
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "o")]) == 1  # a folder that is no apply output
+    assert "not an `ethos apply` output folder" in capsys.readouterr().err
+    assert main(["train", str(policy), "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
+    assert main(["evaluate", "--base", "x", "--models", str(tmp_path / "none"), "--prompts", str(tmp_path / "p.jsonl"),
+                 "--policy", str(policy)]) == 1
+    assert "no such file" in capsys.readouterr().err
