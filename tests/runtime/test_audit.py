@@ -468,10 +468,12 @@ def test_cli_errors(tmp_path, ethos_cache, capsys):
     bad.write_text("keep concept sycofancy;\n")
     assert cli(["--policy", str(bad)]) == 1
     assert "did you mean 'sycophancy'" in capsys.readouterr().err
-    # --discover without the default SAE: one clear line, exit 1, before any work.
-    assert cli(["--concepts", "hedging", "--discover", "--out", str(tmp_path)]) == 1
+    # --discover with an SAE that does not exist: one clear line, exit 1, before any work.
+    missing = tmp_path / "m.ethos"
+    missing.write_text('sae "no-such-sae";\nkeep concept hedging;\n')
+    assert cli(["--policy", str(missing), "--discover", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "--discover needs an SAE" in err and "ethos sae train" in err
+    assert "--discover needs an SAE" in err and "unknown SAE 'no-such-sae'" in err
 
 
 def test_cli_discover_with_the_tiny_model_and_sae(tmp_path, ethos_cache, tiny_model_dir, tiny_sae_dir, capsys):

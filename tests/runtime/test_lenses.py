@@ -182,11 +182,12 @@ def test_latent_out_of_range_names_the_policy_line(tiny_sae_dir: Path) -> None:
 
 def test_sae_names_resolve_in_one_place(tmp_path: Path, tiny_sae_dir: Path, ethos_cache: Path) -> None:
     assert resolve_sae(str(tiny_sae_dir)) == tiny_sae_dir
-    with pytest.raises(LensError, match="default SAE is not built yet"):
-        resolve_sae("default")
+    from ethos.compiler.names import LIBRARY_ROOT
+
+    assert resolve_sae("default") == LIBRARY_ROOT / "saes" / "default"  # the shipped SAE
     with pytest.raises(LensError, match="unknown SAE 'nope'"):
         resolve_sae("nope")
     import shutil
 
     shutil.copytree(tiny_sae_dir, ethos_cache / "saes" / "default")
-    assert resolve_sae("default") == ethos_cache / "saes" / "default"
+    assert resolve_sae("default") == ethos_cache / "saes" / "default"  # a cached one takes precedence
