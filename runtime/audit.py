@@ -49,6 +49,7 @@ MIN_PAIRS = 10  # fewer usable pairs than this: no statistics, a note instead
 N_BOOT = 2000  # bootstrap resamples for the CI of d
 SPLITS = 50  # random half-splits behind split_half_agreement
 MAX_BOOT_CELLS = 20_000_000  # n_pairs × n_boot above this: the normal-approximation CI of d instead
+MAX_SPLIT_CELLS = 5_000_000  # n_pairs × random half-splits for split_half_agreement (at least 2 splits)
 CORR_THRESHOLD = 0.7  # |r| of two concepts' z above which they are flagged as correlated
 SATURATED = 30.0  # a fitted pair margin |α·z| beyond this (σ = 1 − 1e-13) suggests separation
 Q_MAX = 0.05  # discovery: a latent survives at q < Q_MAX
@@ -251,7 +252,7 @@ def marginal(
         ci_method = "normal approximation (n × resamples too large to bootstrap)"
     else:
         lo, hi = np.full(c, np.nan), np.full(c, np.nan)
-    splits = max(2, min(splits, MAX_BOOT_CELLS // max(n, 1)))
+    splits = max(2, min(splits, MAX_SPLIT_CELLS // max(n, 1)))
     stable, agreement = split_half(delta, w, splits=splits, seed=seed + 1)
     return Marginal(n, mean, sd, d, lo, hi, n_pos, n_neg, win, p, stable, agreement, test, ci_method)
 
@@ -436,8 +437,12 @@ def joint(
         fit.note = f"too few pairs ({int(rows.sum())} with weight > 0; need {min_pairs})"
         fit.notes = [fit.note] * c
         return fit
-    zr, wr = z[rows], w[rows]
-    off = 0.0 if offset is None else np.asarray(offset, dtype=float)[rows]
+    if rows.all():  # no copy of a large z when every pair takes part
+        zr, wr = z, w
+        off = 0.0 if offset is None else np.asarray(offset, dtype=float)
+    else:
+        zr, wr = z[rows], w[rows]
+        off = 0.0 if offset is None else np.asarray(offset, dtype=float)[rows]
     bad = ~np.all(np.isfinite(zr), axis=0)
     for j in np.flatnonzero(bad):
         notes[j] = "not fitted: missing or infinite scores"
