@@ -28,7 +28,7 @@ import numpy as np
 from ethos.compiler.plan import PROTOCOL_KIND, dump_plan
 
 from .io import atomic_write_bytes, atomic_write_text
-from .planner import FORMAT, PlanError, _data_args, _fail, check_output_dir, lens_texts, prepare, shape
+from .planner import FORMAT, PlanError, _data_args, _fail, dry_run
 
 
 def register(subparsers) -> None:
@@ -164,10 +164,7 @@ def run_apply(args) -> int:
         return _fail("apply", "--limit must be a positive integer", 2)
     out = Path(args.out)
     try:
-        check_output_dir(out)
-        prep = prepare(args.policy, data_path=args.data, limit=args.limit, strict=args.strict,
-                       batch_size=args.batch_size, progress=sys.stderr.isatty(), update_lock=args.update_lock)
-        outcome = shape(prep.plan, prep.table, prep.data.counts(), seed=args.seed, lenses=lens_texts(prep.plan))
+        prep, outcome = dry_run(args, progress=sys.stderr.isatty())
     except PlanError as e:
         return _fail("apply", str(e))
     except KeyboardInterrupt:

@@ -413,6 +413,16 @@ def _fail(command: str, message: str, code: int = 1) -> int:
     return code
 
 
+def dry_run(args, *, progress: bool, extra_dirs: tuple[Path, ...] = ()) -> tuple[Prepared, Outcome]:
+    """What ``plan`` and ``apply`` share: check the output folders first, then prepare (compile,
+    data, featurize, lock) and shape. Raises PlanError."""
+    for folder in (Path(args.out), *extra_dirs):
+        check_output_dir(folder)
+    prep = prepare(args.policy, data_path=args.data, limit=args.limit, strict=args.strict,
+                   batch_size=args.batch_size, progress=progress, update_lock=args.update_lock)
+    return prep, shape(prep.plan, prep.table, prep.data.counts(), seed=args.seed, lenses=lens_texts(prep.plan))
+
+
 def run_plan(args) -> int:
     import json
     import sys
@@ -425,13 +435,8 @@ def run_plan(args) -> int:
         return _fail("plan", "--limit must be a positive integer", 2)
     out = Path(args.out)
     try:
-        check_output_dir(out)
-        if args.save:
-            check_output_dir(Path(args.save).resolve().parent)
-        prep = prepare(args.policy, data_path=args.data, limit=args.limit, strict=args.strict,
-                       batch_size=args.batch_size, progress=not args.json and sys.stderr.isatty(),
-                       update_lock=args.update_lock)
-        outcome = shape(prep.plan, prep.table, prep.data.counts(), seed=args.seed, lenses=lens_texts(prep.plan))
+        prep, outcome = dry_run(args, progress=not args.json and sys.stderr.isatty(),
+                                extra_dirs=(Path(args.save).resolve().parent,) if args.save else ())
     except PlanError as e:
         return _fail("plan", str(e))
     except KeyboardInterrupt:
