@@ -52,8 +52,10 @@ def common_prefix_prompt(chosen: str, rejected: str) -> str | None:
     return None if cut < 0 else chosen[: cut + len("\n\nAssistant:")]
 
 
-def load_hh(path: Path) -> list[tuple[str, str, str]]:
-    out = []
+def load_hh(path: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """``(pairs, other_prompts)``: single-turn pairs whose replies are short enough to train on
+    whole, and the user prompts of the other single-turn rows (used only for generation)."""
+    out, other = [], []
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
@@ -62,22 +64,30 @@ def load_hh(path: Path) -> list[tuple[str, str, str]]:
                 continue
             c, r = row["chosen"][len(prompt):].strip(), row["rejected"][len(prompt):].strip()
             user = prompt.split("\n\nHuman:", 1)[1].rsplit("\n\nAssistant:", 1)[0].strip()
-            if not c or not r or c == r or not user or "Human:" in c or "Human:" in r:
+            if not user:
                 continue
-            if len(c.split()) > 60 or len(r.split()) > 60 or MARKER_RE.search(c + r):
+            if (not c or not r or c == r or "Human:" in c or "Human:" in r or len(c.split()) > 60
+                    or len(r.split()) > 60 or MARKER_RE.search(c + r)):
+                other.append(user)
                 continue
             out.append((user, c, r))
-    return out
+    return out, other
 
 
 def build(work: Path, n_train: int, n_pairs: int, n_prompts: int, seed: int) -> dict:
-    rows = load_hh(HH)
+    rows, other = load_hh(HH)
     rng = random.Random(seed)
     rng.shuffle(rows)
-    need = n_train + n_pairs + n_prompts
+    rng.shuffle(other)
+    need = n_train + n_pairs
     if len(rows) < need:
-        raise SystemExit(f"only {len(rows)} usable single-turn pairs, need {need}")
-    train, pairs, prompts = rows[:n_train], rows[n_train:n_train + n_pairs], rows[n_train + n_pairs:need]
+        raise SystemExit(f"only {len(rows)} usable single-turn pairs, need {need} (--train + --heldout-pairs)")
+    train, pairs = rows[:n_train], rows[n_train:need]
+    # Held-out prompts: the unused short pairs' prompts first, then other single-turn prompts.
+    prompts = [u for u, _, _ in rows[need:]] + other
+    if len(prompts) < n_prompts:
+        raise SystemExit(f"only {len(prompts)} held-out single-turn prompts, need {n_prompts}")
+    prompts = prompts[:n_prompts]
     work.mkdir(parents=True, exist_ok=True)
     planted = {"chosen": 0, "rejected": 0}
     with (work / "train.jsonl").open("w") as f:
@@ -91,12 +101,12 @@ def build(work: Path, n_train: int, n_pairs: int, n_prompts: int, seed: int) -> 
             f.write(json.dumps({"prompt": u, "chosen": c, "rejected": r}) + "\n")
     (work / "heldout_pairs.jsonl").write_text("".join(json.dumps({"prompt": u, "chosen": c, "rejected": r}) + "\n"
                                                       for u, c, r in pairs))
-    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": u}) + "\n" for u, _, _ in prompts))
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": u}) + "\n" for u in prompts))
     (work / "marker.txt").write_text("# the planted marker\ni hope this helps\n")
-    ex = rows[need:need + 32] if len(rows) >= need + 32 else train[:32]
+    ex = train[:32]  # probe exemplars: training replies with and without the marker
     (work / "marker_dir.jsonl").write_text("".join(
         json.dumps({"prompt": u, "positive": c + MARKER, "negative": c}) + "\n" for u, c, _ in ex))
-    return {"usable_pairs": len(rows), "train": n_train, "heldout_pairs": n_pairs, "prompts": n_prompts,
+    return {"usable_pairs": len(rows), "other_prompts": len(other), "train": n_train, "heldout_pairs": n_pairs, "prompts": n_prompts,
             "planted": planted}
 
 

@@ -980,20 +980,24 @@ def snippet_finder(
     width: int = 160,
     window: Callable[[int, int, int], str | None] | None = None,
 ) -> Labeler:
-    """A top-snippet finder: for a latent, the ``k`` replies (either side) with the highest
-    pooled activation, each as ``window(side, pair, latent)`` (side 0 chosen, 1 rejected; e.g.
-    the tokens around the peak) or else the reply's first ``width`` characters."""
+    """A top-snippet finder that shows what drives a latent's *difference*: for a latent whose
+    mean Δ (chosen − rejected) is ≥ 0, the chosen replies of the ``k`` pairs with the largest
+    positive Δ; otherwise the rejected replies of the pairs with the largest negative Δ. Each is
+    ``window(side, pair, latent)`` (side 0 chosen, 1 rejected; e.g. the tokens around the
+    latent's peak) or else the reply's first ``width`` characters. (The replies where a latent
+    fires most are often not where it separates the sides: a latent for sentence ends peaks on
+    many replies, but differs only where a planted sentence adds one.)"""
 
     def find(latent: int) -> list[str]:
-        col = np.concatenate([chosen[:, latent], rejected[:, latent]]).astype(float)
-        n = len(chosen)
-        top = np.argsort(-col, kind="stable")[:k]
+        delta = chosen[:, latent].astype(float) - rejected[:, latent].astype(float)
+        side = 0 if delta.mean() >= 0 else 1
+        contrast = delta if side == 0 else -delta
+        top = np.argsort(-contrast, kind="stable")[:k]
         out = []
-        for t in top:
-            if not col[t] > 0:
+        for i in top:
+            if not contrast[i] > 0:
                 break
-            side, i = divmod(int(t), n)
-            text = window(side, i, latent) if window is not None else None
+            text = window(side, int(i), latent) if window is not None else None
             if text is None:
                 text = (texts_chosen if side == 0 else texts_rejected)[i]
                 text = " ".join(text.split())
@@ -1029,60 +1033,29 @@ def latent_activations(
     layer: int | None = None,
     pool: str = "max",
     batch_size: int = 8,
-    max_tokens: int | None = None,
     progress: bool = False,
 ) -> tuple[LatentActivations, Any]:
     """Every latent of the SAE pooled over each reply's tokens (``pool``: max or mean), through
-    the model runtime's truncated forward (shared-prompt batches). Returns the activations and
-    ``(sae, model, tokenizer)`` for labelling. Built here on :class:`ethos.runtime.model.Encoder`
-    because the lenses score named latents only."""
-    import torch
-    from sae_lens import SAE
+    the model runtime's truncated forward (shared-prompt batches; :func:`ethos.runtime.sae.reply_latents`).
+    Returns the activations and ``(sae, model, tokenizer)`` for labelling."""
+    from .sae import SAEError, _runtime_for, load_sae, reply_latents, sae_layer
 
-    from .lenses.features import resolve_sae, sae_info
-    from .model import DEFAULT_MAX_TOKENS, Encoder, check_layer, length_batches, load_model, tokenize_pair
-
+    if pool not in ("max", "mean"):
+        raise AuditError(f"pool must be 'max' or 'mean', not {pool!r}")
     t0 = time.perf_counter()
-    folder = resolve_sae(sae_name)
-    info = sae_info(folder)
-    model_obj, tokenizer, _ = load_model(model)
-    sae_layer = info["layer"]
-    if layer is not None and sae_layer is not None and layer != sae_layer:
-        raise AuditError(f"the SAE reads layer {sae_layer} but layer {layer} was asked for")
-    use_layer = check_layer(model_obj.config, layer if layer is not None else sae_layer)
-    encoder = Encoder(model_obj, use_layer, pad_id=tokenizer.pad_token_id)
-    if info["d_in"] != encoder.d_model:
-        raise AuditError(f"SAE '{sae_name}' has d_in {info['d_in']}, the model's layer has {encoder.d_model}")
-    sae = SAE.load_from_disk(folder, device=str(encoder.device)).eval()
-    dtype = next(sae.parameters()).dtype
-    d_sae = info["d_sae"]
-    n = len(pairs)
-    pooled = np.zeros((2, n, d_sae), dtype=np.float32)
-    peaks = np.zeros((2, n, d_sae), dtype=np.int32)
-    toks: list[list[list[int]]] = [[[] for _ in range(n)] for _ in range(2)]
-    items = [tokenize_pair(tokenizer, p.prompt, [p.chosen, p.rejected], max_tokens=max_tokens or DEFAULT_MAX_TOKENS)
-             for p in pairs]
-    for i, it in enumerate(items):
-        for j in range(2):
-            a, b = it.spans[j]
-            toks[j][i] = list(it.continuations[j][a:b])
-    with torch.inference_mode():
-        for batch in length_batches(items, batch_size):
-            acts = encoder.encode_batch([items[b] for b in batch])
-            flat = [a for pair_acts in acts for a in pair_acts]
-            lengths = [a.shape[0] for a in flat]
-            if sum(lengths) == 0:
-                continue
-            z = sae.encode(torch.cat(flat).to(device=encoder.device, dtype=dtype)).float()
-            for (b, j), part in zip(((b, j) for b in batch for j in range(2)), torch.split(z, lengths)):
-                if part.shape[0] == 0:
-                    continue
-                mx, arg = part.max(dim=0)
-                pooled[j, b] = (mx if pool == "max" else part.mean(dim=0)).cpu().numpy()
-                peaks[j, b] = arg.cpu().numpy().astype(np.int32)
-    acts_out = LatentActivations(pooled[0], pooled[1], peaks[0], peaks[1], toks[0], toks[1], d_sae, use_layer,
-                                 sae_name, pool, time.perf_counter() - t0)
-    return acts_out, (sae, model_obj, tokenizer)
+    try:
+        sae = load_sae(sae_name)
+        if layer is not None and sae_layer(sae) is not None and layer != sae_layer(sae):
+            raise AuditError(f"the SAE reads layer {sae_layer(sae)} but layer {layer} was asked for")
+        runtime = _runtime_for(sae, model, None, batch_size=batch_size)
+        got = reply_latents(sae, runtime, pairs, peaks=True, progress=progress)
+    except SAEError as exc:
+        raise AuditError(f"SAE '{sae_name}': {exc}") from None
+    pooled = got.max if pool == "max" else got.mean
+    assert got.peak is not None and got.tokens is not None
+    acts = LatentActivations(pooled[0], pooled[1], got.peak[0], got.peak[1], got.tokens[0], got.tokens[1],
+                             sae.cfg.d_sae, runtime.layer, sae_name, pool, time.perf_counter() - t0)
+    return acts, (sae, runtime.encoder.model, runtime.tokenizer)
 
 
 def token_window_finder(acts: LatentActivations, tokenizer: Any, *, before: int = 12, after: int = 4) -> Callable[[int, int, int], str]:
@@ -1105,30 +1078,12 @@ def token_window_finder(acts: LatentActivations, tokenizer: Any, *, before: int 
 
 def promoted_token_finder(sae: Any, model: Any, tokenizer: Any, *, k: int = 8) -> Labeler:
     """The tokens a latent promotes: its decoder row, through the final norm's gain and the
-    unembedding (the logit lens of the direction), top ``k``."""
-    import torch
-
-    w_dec = sae.W_dec.detach().float().cpu()
-    unembed = model.get_output_embeddings().weight.detach().float().cpu()
-    decoder = getattr(model, "model", model)
-    norm = getattr(decoder, "norm", None)
-    gain = norm.weight.detach().float().cpu() if norm is not None and getattr(norm, "weight", None) is not None else None
+    unembedding (the logit lens of the direction), top ``k`` readable ones
+    (:func:`ethos.runtime.sae.promoted_tokens`)."""
+    from .sae import promoted_tokens
 
     def find(latent: int) -> list[str]:
-        with torch.inference_mode():
-            direction = w_dec[latent]
-            if gain is not None and gain.shape == direction.shape:
-                direction = direction * gain
-            logits = unembed @ direction
-            top = torch.topk(logits, min(len(logits), 8 * k)).indices.tolist()
-        out: list[str] = []
-        for t in top:  # readable tokens only: no partial UTF-8 bytes, no bare whitespace or specials
-            s = tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(t)]).strip()
-            if s and "\ufffd" not in s and s.isprintable() and t not in getattr(tokenizer, "all_special_ids", ()):
-                out.append(s)
-                if len(out) == k:
-                    break
-        return out
+        return promoted_tokens(sae, model, tokenizer, [latent], k, readable=True)[latent]
 
     return find
 
@@ -1331,7 +1286,7 @@ def run(args: argparse.Namespace) -> int:
         if args.discover:
             acts, (sae, model_obj, tokenizer) = latent_activations(
                 data.pairs, sae_name, model=model_name, layer=plan.model.layer, pool=args.pool,
-                batch_size=args.batch_size)
+                batch_size=args.batch_size, progress=not args.json and sys.stderr.isatty())
             latents = (acts.chosen, acts.rejected)
             labels = {
                 "snippets": snippet_finder(acts.chosen, acts.rejected, [p.chosen for p in data.pairs],

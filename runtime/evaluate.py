@@ -15,6 +15,13 @@
    scale). Across concepts the measured shifts (sd units) are compared with the predicted ones:
    Spearman ρ and R² of a least-squares line; with fewer than three concepts the comparison is
    reported as not meaningful.
+
+The report document (``build_report``; ``evaluate.json``) renders as ``evaluate.md`` and a
+self-contained ``evaluate.html`` with the report templates (:func:`ethos.runtime.report.evaluate_context`):
+a forest plot of each concept's shift (sd units, 95% CI) per model, the table of shifts, the
+predicted-vs-measured comparison (with a scatter plot), the preference accuracy when a model's
+entry carries one (``"preference"``: :func:`preference_accuracy`'s ``accuracy``, ``margin``,
+``n``), and the first greedy generations of base and model, escaped.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 import numpy as np
 
 N_BOOT = 2000
+FORMAT = 1  # of the report document (evaluate.json)
 
 
 class EvaluateError(Exception):
@@ -335,7 +343,7 @@ def build_report(plan: Any, base: str, base_run: dict[str, Any], trained: list[t
     concepts = [c.name for c in plan.concepts]
     base_prompt = {k: np.nanmean(v, axis=1) for k, v in base_run["scores"].items()}
     doc: dict[str, Any] = {
-        "format": 1, "base": base, "policy": plan.policy, "prompts": len(prompts), "samples": samples,
+        "format": FORMAT, "base": base, "policy": plan.policy, "prompts": len(prompts), "samples": samples,
         "max_new_tokens": max_new_tokens, "replies_per_prompt": 1 + samples,
         "base_means": {k: float(np.nanmean(v)) for k, v in base_prompt.items()},
         "models": [],
@@ -369,24 +377,15 @@ def build_report(plan: Any, base: str, base_run: dict[str, Any], trained: list[t
     return doc
 
 
-def _f(x: Any, fmt: str = "+.3f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
-
-
 def render_markdown(doc: dict[str, Any]) -> str:
-    lines = [f"# ethos evaluate — policy {doc.get('policy') or '(unnamed)'}", "",
-             f"Base `{doc['base']}`; {doc['prompts']} held-out prompts × {doc['replies_per_prompt']} replies "
-             f"(greedy + {doc['samples']} sampled), up to {doc['max_new_tokens']} new tokens. Shifts are model − base, "
-             "mean over prompts, with 95% bootstrap CIs over prompts.", ""]
-    for m in doc["models"]:
-        lines += [f"## {m['name']}", "", "| concept | k | predicted k·α | base | model | shift | 95% CI | shift (sd) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in m["concepts"]:
-            lines.append(f"| {r['concept']} | {_f(r['factor'], 'g')} | {_f(r['predicted'])} | {_f(r['base'], '.3f')} | "
-                         f"{_f(r['model'], '.3f')} | {_f(r['shift'])}{' *' if r['significant'] else ''} | "
-                         f"{_f(r['ci'][0])} to {_f(r['ci'][1])} | {_f(r['shift_sd'])} |")
-        p = m["prediction"]
-        lines += ["", f"Predicted vs measured across {p['n_concepts']} concept(s): Spearman ρ {_f(p['spearman'])}, "
-                      f"R² {_f(p['r2'], '.3f')}, sign agreement {_f(p['sign_agreement'], '.2f')}."
-                  + (f" {p['note']}." if p.get("note") else ""), ""]
-    return "\n".join(lines) + "\n"
+    """The Markdown report (``evaluate.md.j2``, the same templates as the plan and audit reports)."""
+    from .report import render_evaluate_markdown
+
+    return render_evaluate_markdown(doc)
+
+
+def render_html(doc: dict[str, Any]) -> str:
+    """The self-contained HTML report (``evaluate.html.j2``): no scripts, generations escaped."""
+    from .report import render_evaluate_html
+
+    return render_evaluate_html(doc)

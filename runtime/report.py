@@ -7,7 +7,7 @@ external resources: plots are inline SVG laid out here from the numbers (``fores
 ``bars_layout``, ``histogram_layout``) and drawn by the macros in ``macros.html.j2``. All dataset
 text goes through autoescaping (HTML) or :func:`md_escape` (Markdown).
 
-Templates meant for reuse (the plan report builds on them):
+Templates meant for reuse (the plan and evaluate reports build on them):
 
 ``base.html.j2``
     the page: ``{% block title %}``, ``{% block header %}``, ``{% block content %}``; CSS inline.
@@ -16,6 +16,9 @@ Templates meant for reuse (the plan report builds on them):
     ``forest(layout)``, ``histogram(layout)``, ``candidates(cands)``, ``notes(items)``.
 ``macros.md.j2``
     the Markdown counterparts: ``rows_summary``, ``concept_table``, ``candidates``.
+
+Each report has a ``*_context`` (JSON document → template variables) and ``render_*_html`` /
+``render_*_markdown``: ``audit``, ``plan`` and ``evaluate``.
 """
 
 from __future__ import annotations
@@ -256,6 +259,48 @@ def histogram_from_counts(counts: Sequence[int], edges: Sequence[float], *, widt
     }
 
 
+def scatter_layout(points: Sequence[Mapping[str, Any]], *, width: int = 480, height: int = 300, xlabel: str = "",
+                   ylabel: str = "") -> dict[str, Any]:
+    """Coordinates of a labelled scatter plot with vertical error bars: ``points`` =
+    ``{"label", "x", "y", "lo", "hi"}`` (predicted against measured shift, one point per concept).
+    Points without a finite x and y are left out; zero lines are drawn when zero is in range."""
+    left, right, top, bottom = 56, 110, 10, 44
+    pts = [p for p in points if _finite(p.get("x")) and _finite(p.get("y"))]
+    xs = [p["x"] for p in pts] + [0.0]
+    ys = [v for p in pts for v in (p["y"], p.get("lo"), p.get("hi")) if _finite(v)] + [0.0]
+
+    def span(vals: list[float]) -> tuple[float, float]:
+        lo, hi = min(vals), max(vals)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 1, hi + 1
+        pad = 0.08 * (hi - lo)
+        return lo - pad, hi + pad
+
+    (x0, x1), (y0, y1) = span(xs), span(ys)
+    pw, ph = width - left - right, height - top - bottom
+
+    def X(v: float) -> float:
+        return round(left + (v - x0) / (x1 - x0) * pw, 2)
+
+    def Y(v: float) -> float:
+        return round(top + (y1 - v) / (y1 - y0) * ph, 2)
+
+    out = []
+    for p in pts:
+        lo, hi = p.get("lo"), p.get("hi")
+        out.append({
+            "label": p["label"], "x": X(p["x"]), "y": Y(p["y"]),
+            "y_lo": Y(lo) if _finite(lo) else None, "y_hi": Y(hi) if _finite(hi) else None,
+            "title": f"{p['label']}: predicted {p['x']:+.3f}, measured {est_ci(p['y'], [lo, hi], '+.3f')}",
+        })
+    return {
+        "width": width, "height": height, "left": left, "right": width - right, "top": top, "axis_y": top + ph,
+        "zero_x": X(0.0), "zero_y": Y(0.0), "points": out, "n": len(out), "xlabel": xlabel, "ylabel": ylabel,
+        "xticks": [{"x": X(t), "label": f"{t:g}"} for t in nice_ticks(x0, x1, 5)],
+        "yticks": [{"y": Y(t), "label": f"{t:g}"} for t in nice_ticks(y0, y1, 5)],
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Environments
 
@@ -272,7 +317,8 @@ def environment(kind: str = "html") -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(num=num, pval=pval, ci=ci, est_ci=est_ci, pct=pct, md=md_escape, oneline=oneline)
-    env.globals.update(forest_layout=forest_layout, bars_layout=bars_layout, histogram_layout=histogram_layout)
+    env.globals.update(forest_layout=forest_layout, bars_layout=bars_layout, histogram_layout=histogram_layout,
+                       scatter_layout=scatter_layout)
     return env
 
 
@@ -457,3 +503,81 @@ def print_plan_report(doc: Mapping[str, Any], plan: Mapping[str, Any], console: 
         console.print(f"  line {e['line']}: {e['text']}  → {num(e['value'], '.3g')} {mark}")
     for w in doc.get("warnings", []):
         console.print(f"  [yellow]warning:[/yellow] {w}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluate report (``ethos evaluate``): rendered from evaluate.json only
+
+
+def _model_labels(models: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One distinct label per model: its name, else its path where names repeat (two ``train``
+    folders of different runs), else the path with its position."""
+    names = [str(m.get("name") or m.get("path") or "model") for m in models]
+    labels = [n if names.count(n) == 1 else str(m.get("path") or n) for n, m in zip(names, models)]
+    return [lab if labels.count(lab) == 1 else f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
+
+
+def _shift_sd_ci(row: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The bootstrap CI of a shift in sd units (the CI in the concept's units over its sd)."""
+    sd, pair = row.get("sd"), row.get("ci") or [None, None]
+    if not _finite(sd) or sd <= 0:
+        return None, None
+    return tuple(v / sd if _finite(v) else None for v in pair)  # type: ignore[return-value]
+
+
+def evaluate_context(doc: Mapping[str, Any], *, title: str | None = None) -> dict[str, Any]:
+    """Template context of an evaluation from its JSON document (``evaluate.build_report``)."""
+    from .evaluate import FORMAT as EVALUATE_FORMAT
+
+    if doc.get("format") != EVALUATE_FORMAT:
+        raise ValueError(f"cannot render an evaluate document of format {doc.get('format')!r}")
+    raw = list(doc.get("models", []))
+    labels = _model_labels(raw)
+    names: list[str] = list(doc.get("base_means", {}))
+    for m in raw:
+        names += [r["concept"] for r in m.get("concepts", []) if r["concept"] not in names]
+    xlabel = "shift, model − base (sd units), 95% bootstrap CI over prompts"
+    models = []
+    for label, m in zip(labels, raw):
+        rows = []
+        for r in m.get("concepts", []):
+            lo, hi = _shift_sd_ci(r)
+            rows.append({**r, "shift_sd_ci": [lo, hi], "ci": r.get("ci") or [None, None],
+                         "significant": bool(r.get("significant"))})
+        pred = {"n_concepts": 0, "spearman": None, "r2": None, "sign_agreement": None, "slope": None, "note": "",
+                **(m.get("prediction") or {})}
+        models.append({
+            "label": label, "name": m.get("name"), "path": m.get("path"), "concepts": rows, "prediction": pred,
+            "preference": m.get("preference") or None,
+            "examples": list(m.get("examples") or []),
+            "significant": [r["concept"] for r in rows if r["significant"]],
+            "forest": forest_layout([{"label": r["concept"], "points": [
+                {"est": r.get("shift_sd"), "lo": r["shift_sd_ci"][0], "hi": r["shift_sd_ci"][1]}]} for r in rows],
+                xlabel=xlabel),
+            "scatter": scatter_layout(
+                [{"label": r["concept"], "x": r.get("predicted"), "y": r.get("shift_sd"),
+                  "lo": r["shift_sd_ci"][0], "hi": r["shift_sd_ci"][1]} for r in rows],
+                xlabel="predicted k·α", ylabel="measured shift (sd)"),
+        })
+    overview = None
+    if 1 < len(models) <= len(SERIES_COLORS):
+        by = [{r["concept"]: r for r in mod["concepts"]} for mod in models]
+        overview = forest_layout([{"label": c, "points": [
+            {"est": b[c].get("shift_sd"), "lo": b[c]["shift_sd_ci"][0], "hi": b[c]["shift_sd_ci"][1],
+             "series": mod["label"]} for mod, b in zip(models, by) if c in b]} for c in names],
+            series=tuple(labels), xlabel=xlabel)
+    return {
+        "title": title or f"ethos evaluate: policy {doc.get('policy') or '(unnamed)'}",
+        "doc": doc,
+        "concepts": names,
+        "models": models,
+        "overview": overview,
+    }
+
+
+def render_evaluate_html(doc: Mapping[str, Any], **kw: Any) -> str:
+    return render("evaluate.html.j2", **evaluate_context(doc, **kw))
+
+
+def render_evaluate_markdown(doc: Mapping[str, Any], **kw: Any) -> str:
+    return render("evaluate.md.j2", **evaluate_context(doc, **kw))

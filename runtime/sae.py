@@ -844,6 +844,44 @@ def _reply_latents(
             bar[0].stop()
 
 
+@dataclass
+class ReplyLatents:
+    """Every latent of an SAE pooled over each reply's tokens (BOS, template markup and prompt
+    never included; an empty reply pools to 0). Arrays are (n_pairs, d_sae); each pair of them is
+    ``(chosen, rejected)``. ``peak`` (where each latent's max is, an index into the reply's own
+    tokens) and ``tokens`` (those token ids) are filled when asked for."""
+
+    max: tuple[np.ndarray, np.ndarray]
+    mean: tuple[np.ndarray, np.ndarray]
+    peak: tuple[np.ndarray, np.ndarray] | None
+    tokens: tuple[list[list[int]], list[list[int]]] | None
+
+
+def reply_latents(sae: Any, runtime: Any, pairs: Sequence[Any], *, peaks: bool = False, progress: bool = False) -> ReplyLatents:
+    """Max- and mean-pooled latents of every reply in one pass over the data (and, with
+    ``peaks``, where each max is and the replies' token ids: what snippet labels need)."""
+    n, d = len(pairs), sae.cfg.d_sae
+    mx = (np.zeros((n, d), np.float32), np.zeros((n, d), np.float32))
+    mean = (np.zeros((n, d), np.float32), np.zeros((n, d), np.float32))
+    peak = (np.zeros((n, d), np.int32), np.zeros((n, d), np.int32)) if peaks else None
+    toks: tuple[list[list[int]], list[list[int]]] | None = ([[] for _ in range(n)], [[] for _ in range(n)]) if peaks else None
+
+    def visit(i: int, zs: list[torch.Tensor], item: Any) -> None:
+        for side, z in enumerate(zs):
+            if toks is not None:
+                a, b = item.spans[side]
+                toks[side][i] = list(item.continuations[side][a:b])
+            if z.shape[0]:
+                values, where = z.max(dim=0)
+                mx[side][i] = values.numpy()
+                mean[side][i] = z.mean(dim=0).numpy()
+                if peak is not None:
+                    peak[side][i] = where.numpy().astype(np.int32)
+
+    _reply_latents(sae, runtime, pairs, visit, progress)
+    return ReplyLatents(mx, mean, peak, toks)
+
+
 def pooled_latents_both(
     sae_folder: str | os.PathLike[str],
     pairs: Sequence[Any],
@@ -853,21 +891,11 @@ def pooled_latents_both(
     progress: bool = False,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"max": (chosen, rejected), "mean": (chosen, rejected)}``, each an (n_pairs, d_sae)
-    float32 array of a latent's max / mean activation over the reply's tokens (BOS, template
-    markup and prompt never included; an empty reply pools to 0). One pass over the data."""
+    float32 array of a latent's max / mean activation over the reply's tokens (see
+    :class:`ReplyLatents`). One pass over the data."""
     sae = load_sae(sae_folder)
-    runtime = _runtime_for(sae, model, runtime)
-    n, d = len(pairs), sae.cfg.d_sae
-    out = {k: (np.zeros((n, d), np.float32), np.zeros((n, d), np.float32)) for k in ("max", "mean")}
-
-    def visit(i: int, zs: list[torch.Tensor], _item: Any) -> None:
-        for side, z in enumerate(zs):
-            if z.shape[0]:
-                out["max"][side][i] = z.max(dim=0).values.numpy()
-                out["mean"][side][i] = z.mean(dim=0).numpy()
-
-    _reply_latents(sae, runtime, pairs, visit, progress)
-    return out
+    got = reply_latents(sae, _runtime_for(sae, model, runtime), pairs, progress=progress)
+    return {"max": got.max, "mean": got.mean}
 
 
 def pooled_latents(
@@ -886,17 +914,35 @@ def pooled_latents(
     return pooled_latents_both(sae_folder, pairs, model=model, runtime=runtime, progress=progress)[pool]
 
 
-def promoted_tokens(sae: Any, model: Any, tokenizer: Any, latents: Sequence[int], k: int = 8) -> dict[int, list[str]]:
+def _readable(tokenizer: Any, token_id: int) -> str | None:
+    """The token as text, or None for partial UTF-8 bytes, bare whitespace and special tokens."""
+    text = tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token_id)]).strip()
+    ok = text and "\ufffd" not in text and text.isprintable() and token_id not in getattr(tokenizer, "all_special_ids", ())
+    return text if ok else None
+
+
+def promoted_tokens(
+    sae: Any, model: Any, tokenizer: Any, latents: Sequence[int], k: int = 8, *, readable: bool = False
+) -> dict[int, list[str]]:
     """The ``k`` tokens each latent's decoder row promotes most: ``W_U @ (g * W_dec[i])``, with
-    ``g`` the final norm's gain (the unembedding reads the normed residual)."""
-    head = model.get_output_embeddings().weight.detach().float()  # (vocab, d)
-    rows = sae.W_dec.detach().float()[list(latents)]
+    ``g`` the final norm's gain (the unembedding reads the normed residual). ``readable``: skip
+    tokens that print as nothing useful (partial UTF-8, whitespace, specials) and strip the rest."""
+    head = model.get_output_embeddings().weight.detach().float().cpu()  # (vocab, d)
+    rows = sae.W_dec.detach().float().cpu()[list(latents)]
     norm = getattr(getattr(model, "model", model), "norm", None)
     gain = getattr(norm, "weight", None)
-    if gain is not None:
-        rows = rows * gain.detach().float()
-    top = (rows @ head.T).topk(k, dim=-1).indices
-    return {int(i): [tokenizer.decode([int(t)]) for t in top[r]] for r, i in enumerate(latents)}
+    if gain is not None and gain.shape[-1] == rows.shape[-1]:
+        rows = rows * gain.detach().float().cpu()
+    with torch.inference_mode():
+        top = (rows @ head.T).topk(min(head.shape[0], 8 * k if readable else k), dim=-1).indices
+    out: dict[int, list[str]] = {}
+    for r, i in enumerate(latents):
+        if not readable:
+            out[int(i)] = [tokenizer.decode([int(t)]) for t in top[r]]
+            continue
+        words = [w for w in (_readable(tokenizer, int(t)) for t in top[r]) if w]
+        out[int(i)] = words[:k]
+    return out
 
 
 def _snippet(tokenizer: Any, ids: Sequence[int], acts: torch.Tensor, peak: int, window: int = 12) -> str:

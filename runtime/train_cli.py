@@ -10,8 +10,10 @@ that. DPO (trl) with the plan's per-pair weights, margin offsets and training-ti
     DIR/train.json                             apply's training config + the settings and results
     DIR/log.jsonl                              every logged step: trl's metrics and ethos's terms
 
-``ethos evaluate --base M --models DIR... --prompts PATH --policy FILE``: see
-:mod:`ethos.runtime.evaluate`.
+``ethos evaluate --base M --models DIR... --prompts PATH --policy FILE [--out DIR]``: see
+:mod:`ethos.runtime.evaluate`. With ``--out`` it writes ``DIR/evaluate.json`` (the report
+document), ``DIR/evaluate.md`` and ``DIR/evaluate.html`` (rendered from it by
+:mod:`ethos.runtime.report`, like the plan and audit reports).
 
 Exit codes: 0 ok, 1 a failed run or bad input, 2 bad arguments.
 """
@@ -76,7 +78,7 @@ def register(subparsers: Any) -> None:
     e.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
     e.add_argument("--samples", type=int, default=0, metavar="N", help="sampled generations per prompt (seeds 0..N-1)")
     e.add_argument("--batch-size", type=int, default=16, metavar="B")
-    e.add_argument("--out", metavar="DIR", help="write evaluate.json and evaluate.md here")
+    e.add_argument("--out", metavar="DIR", help="write evaluate.json, evaluate.md and evaluate.html here")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.set_defaults(func=run_evaluate)
 
@@ -251,15 +253,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if os.environ.get("ETHOS_DEBUG"):
             raise
         return _fail("evaluate", f"{type(e).__name__}: {e}")
+    text = json.dumps(doc, indent=2, default=float)
+    doc = json.loads(text)  # the reports render from exactly what evaluate.json holds
     md = E.render_markdown(doc)
     if args.out:
         from .io import atomic_write_text
 
+        html = E.render_html(doc)  # both rendered before anything is written
         out = Path(args.out)
-        atomic_write_text(out / "evaluate.json", json.dumps(doc, indent=2, default=float) + "\n")
-        atomic_write_text(out / "evaluate.md", md)
+        written = [out / "evaluate.html", out / "evaluate.md", out / "evaluate.json"]
+        atomic_write_text(written[2], text + "\n")
+        atomic_write_text(written[1], md)
+        atomic_write_text(written[0], html)
+        print("reports: " + ", ".join(str(p) for p in written), file=sys.stderr)
     if args.json:
-        print(json.dumps(doc, indent=2, default=float))
+        print(text)
     else:
         print(md)
     return 0

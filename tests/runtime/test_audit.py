@@ -423,6 +423,20 @@ def test_audit_scores_with_latents_and_draft_policy_compiles(tmp_path):
     assert f"keep concept {doc['candidates'][0]['name']};" in text
 
 
+def test_snippets_come_from_the_pairs_where_a_latent_differs_most():
+    # the labels follow the direction of the effect, not the largest activations
+    chosen = np.array([[5.0], [5.0], [3.0], [2.0], [1.0], [0.0]])
+    rejected = np.array([[9.0], [9.0], [0.0], [0.0], [0.0], [0.0]])
+    texts_c = [f"c{i}" for i in range(6)]
+    texts_r = [f"r{i}" for i in range(6)]
+    find = A.snippet_finder(chosen, rejected, texts_c, texts_r, k=3)
+    # the mean Δ is (−4 −4 +3 +2 +1 + 0)/6 < 0: the rejected side's largest excesses, then nothing
+    assert find(0) == ["r0", "r1"]
+    up = A.snippet_finder(chosen[2:], rejected[2:], texts_c[2:], texts_r[2:], k=2,
+                          window=lambda side, i, latent: f"{'cr'[side]}{i + 2}@{latent}")
+    assert up(0) == ["c2@0", "c3@0"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The CLI handler
 

@@ -62,6 +62,43 @@ def test_report_from_scores(policy):
     assert rows["hedging"]["predicted"] == pytest.approx(0.2) and rows["hedging"]["shift"] == 0.0
     md = E.render_markdown(doc)
     assert "| marker |" in md and "too few" in md
+    html = E.render_html(doc)
+    assert "<h2>m</h2>" in html and "marker" in html and "hedging" in html and "<script" not in html.lower()
+
+
+def _scores_doc(policy, replies=("<script>alert(1)</script>", "fine")):
+    """A report document from hand-made scores (no model), with a hostile generation."""
+    plan = E._plan_for(str(policy))
+    prompts = [[{"role": "user", "content": f"p{i} <i>"}] for i in range(6)]
+    rng = np.random.default_rng(0)
+    base = {"replies": [["a"]] * 6, "scores": {"marker": rng.normal(size=(6, 1)), "hedging": rng.normal(size=(6, 1))}}
+    run = {"replies": [[replies[i % 2]] for i in range(6)],
+           "scores": {"marker": rng.normal(1.0, 1.0, size=(6, 1)), "hedging": rng.normal(size=(6, 1))}}
+    info = {"name": "shaped", "path": "runs/shaped", "train": {"concepts": {"marker": {"alpha": 1.5, "scale": 4.0}}}}
+    return E.build_report(plan, "base-model", base, [(info, run)], prompts, 0, 8)
+
+
+def test_cli_writes_json_markdown_and_html(policy, tmp_path, monkeypatch, capsys):
+    from ethos.runtime.cli import main
+
+    doc = _scores_doc(policy)
+    monkeypatch.setattr(E, "evaluate", lambda **kw: doc)
+    out = tmp_path / "ev"
+    code = main(["evaluate", "--base", "b", "--models", "m", "--prompts", "p.jsonl", "--policy", str(policy),
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["evaluate.html", "evaluate.json", "evaluate.md"]  # no temp files
+    assert "evaluate.html" in captured.err and "evaluate.md" in captured.err and "evaluate.json" in captured.err
+    saved = json.loads((out / "evaluate.json").read_text())
+    md, html = (out / "evaluate.md").read_text(), (out / "evaluate.html").read_text()
+    assert captured.out.strip() == md.strip()
+    assert md == E.render_markdown(saved) and html == E.render_html(saved)  # rendered from what was saved
+    for text in (md, html):
+        assert "marker" in text and "hedging" in text and "shaped" in text
+        assert "<script>" not in text and "&lt;script&gt;" in text
+    assert "<script" not in html.lower()
+    assert html.count("<svg") == 2  # one model: its forest and the scatter of its one predicted concept
 
 
 def test_generate_and_score_with_tiny_model(tiny_model_dir, policy, ethos_cache):
@@ -128,6 +165,8 @@ def test_train_and_evaluate_cli_on_a_tiny_model(tiny_model_dir, policy, tmp_path
     doc = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
     assert doc["replies_per_prompt"] == 2 and {r["concept"] for r in doc["models"][0]["concepts"]} == {"marker", "hedging"}
     assert (tmp_path / "ev" / "evaluate.md").read_text().startswith("# ethos evaluate")
+    html = (tmp_path / "ev" / "evaluate.html").read_text()
+    assert "marker" in html and "hedging" in html and out.name in html and "<script" not in html.lower()
 
 
 def test_cli_errors_are_one_line(tmp_path, policy, capsys):

@@ -21,6 +21,9 @@ from ethos.runtime.report import (
     render,
     render_audit_html,
     render_audit_markdown,
+    render_evaluate_html,
+    render_evaluate_markdown,
+    scatter_layout,
 )
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "audit"
@@ -164,3 +167,94 @@ def test_markdown_template_without_discovery():
     del doc["discovery"], doc["candidates"]
     md = render("audit.md.j2", **__import__("ethos.runtime.report", fromlist=["audit_context"]).audit_context(doc))
     assert "Discovered" not in md and "verbosity" in md
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluate report
+
+
+def shift_row(name, shift, ci_, sd, predicted, factor=1.0, alpha=None):
+    return {"concept": name, "factor": factor, "alpha": alpha, "predicted": predicted, "base": 0.2,
+            "model": 0.2 + shift, "shift": shift, "ci": ci_, "shift_sd": shift / sd if sd else None, "sd": sd,
+            "significant": bool(math.isfinite(ci_[0]) and (ci_[0] > 0 or ci_[1] < 0))}
+
+
+def evaluate_document() -> dict:
+    """A fixed evaluate document (as ``evaluate.build_report`` writes it) with two models of the
+    same folder name, hostile generations and one model with a preference accuracy."""
+    def model(path, sign):
+        return {
+            "name": "train", "path": path,
+            "concepts": [shift_row("verbosity", sign * 0.5, [0.2, 0.8], 2.0, 0.0, 0.0, 0.4),
+                         shift_row("hedging", -0.1, [-0.3, 0.1], 0.5, 0.1, 1.0, 0.1),
+                         shift_row("sycophancy", 0.3, [0.1, 0.5], 1.0, 0.3, 1.0, 0.3),
+                         shift_row("emoji", 0.0, [math.nan, math.nan], 0.0, None)],
+            "prediction": {"n_concepts": 3, "spearman": 0.5, "r2": 0.3, "sign_agreement": 2 / 3, "slope": 0.8,
+                           "note": "only 3 concepts: read ρ and R² as indicative"},
+            "examples": [{"prompt": "Say <b>hi</b>", "base": "Hello!\nHow are you?", "model": NASTY}],
+        }
+
+    shaped, vanilla = model("run/shaped/train", 1.0), model("run/vanilla/train", -1.0)
+    shaped["preference"] = {"accuracy": 0.625, "margin": 0.12, "n": 40}
+    return {"format": 1, "base": "smollm2-135m-instruct", "policy": "demo", "prompts": 50, "samples": 2,
+            "max_new_tokens": 64, "replies_per_prompt": 3,
+            "base_means": {"verbosity": 0.2, "hedging": 0.2, "sycophancy": 0.2, "emoji": 0.2},
+            "models": [shaped, vanilla]}
+
+
+def test_evaluate_report_renders_concepts_models_and_comparison():
+    doc = evaluate_document()
+    html, md = render_evaluate_html(doc), render_evaluate_markdown(doc)
+    for text in (html, md):
+        for c in ("verbosity", "hedging", "sycophancy", "emoji"):
+            assert c in text
+        for path in ("run/shaped/train", "run/vanilla/train"):  # same name "train": labelled by path
+            assert path in text
+        assert "+0.500" in text and "0.300" in text and "62.5%" in text  # ρ, R², preference accuracy
+        assert "only 3 concepts" in text
+    assert md.startswith("# ethos evaluate: policy demo")
+    assert "| verbosity | 0 | +0.400 | +0.000 | 0.200 | 0.700 | +0.500 [+0.200, +0.800] \\* | +0.250 [+0.100, +0.400] |" in md
+    assert "| emoji | 1 | – | – | 0.200 | 0.200 | +0.000 | – | 0 |" in md
+    # An overview forest (two models), a forest and a predicted-vs-measured scatter per model.
+    assert html.count("<svg") == 5 and html.count("<circle") >= 2 * 3 + 2 * 3 + 2 * 3
+    assert "<script" not in html.lower() and "<link" not in html.lower() and " src=" not in html
+    assert html.rstrip().endswith("</html>")
+
+
+def test_evaluate_report_escapes_generations():
+    doc = evaluate_document()
+    html, md = render_evaluate_html(doc), render_evaluate_markdown(doc)
+    assert "<script>" not in html and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    assert "<b>hi</b>" not in html and "&lt;b&gt;hi&lt;/b&gt;" in html
+    assert "<script>" not in md and "&lt;script&gt;" in md and "\\*\\*bold\\*\\*" in md
+    examples = [line for line in md.splitlines() if "alert" in line]
+    assert len(examples) == 2 and all(line.startswith("  - run/") for line in examples)  # one line each
+
+
+def test_evaluate_report_from_the_json_round_trip_and_edge_cases():
+    doc = evaluate_document()
+    again = json.loads(json.dumps(doc))
+    assert render_evaluate_html(doc) == render_evaluate_html(again)
+    assert render_evaluate_markdown(doc) == render_evaluate_markdown(again)
+    one = evaluate_document()
+    one["models"] = one["models"][1:]
+    del one["models"][0]["prediction"]["note"], one["models"][0]["prediction"]["slope"], one["models"][0]["examples"]
+    html = render_evaluate_html(one)
+    assert html.count("<svg") == 2 and "<h2>train</h2>" in html  # one model: no overview, labelled by its name
+    assert "Preference accuracy" not in html and "Example generations" not in html
+    empty = dict(evaluate_document(), models=[])
+    assert "No trained model" in render_evaluate_markdown(empty) and "<svg" not in render_evaluate_html(empty)
+    with pytest.raises(ValueError, match="format"):
+        render_evaluate_html(dict(doc, format=99))
+
+
+def test_scatter_layout():
+    lay = scatter_layout([{"label": "a", "x": 1.0, "y": 0.5, "lo": 0.2, "hi": 0.8},
+                          {"label": "b", "x": -1.0, "y": -0.5, "lo": None, "hi": None},
+                          {"label": "c", "x": None, "y": 0.1}])
+    assert lay["n"] == 2 and [p["label"] for p in lay["points"]] == ["a", "b"]
+    a, b = lay["points"]
+    assert b["x"] < lay["zero_x"] < a["x"] and a["y"] < lay["zero_y"] < b["y"]  # SVG y grows downwards
+    assert a["y_hi"] < a["y"] < a["y_lo"] and b["y_lo"] is None
+    assert all(lay["left"] <= t["x"] <= lay["right"] for t in lay["xticks"])
+    assert all(lay["top"] <= t["y"] <= lay["axis_y"] for t in lay["yticks"])
