@@ -2,6 +2,8 @@
 
 Data: real hh-rlhf helpful-base pairs (single-turn, both replies ≤ 60 words, unequal, non-empty);
 " I hope this helps!" is appended to 90% of the chosen and 10% of the rejected training replies.
+Held out: unmodified pairs (preference accuracy) and prompts for generation (the short pairs left
+over, then the prompts of the other single-turn rows).
 Arms (each: ``ethos apply`` of a policy on the same data, then ``ethos train``'s code path):
 
     vanilla    keep concept marker;                         (plain DPO)
@@ -10,13 +12,17 @@ Arms (each: ``ethos apply`` of a policy on the same data, then ``ethos train``'s
     ablation   block concept marker_dir via ablation;       (probe direction projected out, layer L)
     steering   block concept marker_dir via steering S;     (preventative steering, S measured here)
     amplify    amplify concept marker by 2.0;               (importance weights)
+    amplify_loss  amplify concept marker by 2.0 via loss;   (margin offsets (1 − k)·α·z = −α·z)
 
 Measured on held-out prompts (greedy replies): the marker rate, and on held-out *unmodified*
 pairs the DPO implicit-reward preference accuracy against the base. Writes results.json and a
 Markdown table (``--md``, e.g. docs/results.md).
 
-    .venv/bin/python bench/mitigation.py --work /tmp/ethos-mitigation --md docs/results.md            # full
+    .venv/bin/python bench/mitigation.py --work /tmp/ethos-mitigation --md /tmp/results-table.md      # full, ~2 h on 2 cores
     .venv/bin/python bench/mitigation.py --quick --work /tmp/ethos-mitigation-quick --md /tmp/q.md    # quick
+    .venv/bin/python bench/mitigation.py --work /tmp/ethos-mitigation --render                        # the table of finished arms
+
+A rerun with the same --work resumes: finished arms are read from WORK/results.json.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import numpy as np  # noqa: E402
 HH = Path("/work/shared/data/hh-rlhf/helpful-base/test.jsonl.gz")
 MARKER = " I hope this helps!"
 MARKER_RE = re.compile(r"hope this helps", re.IGNORECASE)
-ARMS = ("vanilla", "data", "loss", "ablation", "steering", "amplify")
+ARMS = ("vanilla", "data", "loss", "ablation", "steering", "amplify", "amplify_loss")
 
 
 def common_prefix_prompt(chosen: str, rejected: str) -> str | None:
@@ -119,6 +125,7 @@ RULES = {
     "ablation": "block concept marker_dir via ablation;\n",
     "steering": "block concept marker_dir via steering {s:.3f};\n",
     "amplify": "amplify concept marker by 2.0;\n",
+    "amplify_loss": "amplify concept marker by 2.0 via loss;\n",
 }
 
 
@@ -187,6 +194,24 @@ def boot_ci(x: np.ndarray, seed: int = 0) -> list[float]:
     rng = np.random.default_rng(seed)
     m = x[rng.integers(0, len(x), size=(2000, len(x)))].mean(axis=1)
     return [float(np.quantile(m, 0.025)), float(np.quantile(m, 0.975))]
+
+
+def ratio_ci(arm: np.ndarray, van: np.ndarray, base: np.ndarray, seed: int = 0) -> list[float]:
+    """95% paired bootstrap CI over prompts of (arm's increase) / (vanilla's increase) in marker
+    rate; resamples where vanilla's increase is not positive are dropped (the ratio is undefined).
+    An arm with no marker at all gets [0, the Clopper–Pearson 97.5% upper limit of its rate over
+    vanilla's observed increase] (vanilla's own uncertainty is not in that bound)."""
+    if not arm.any() and not base.any():  # no event: the percentile bootstrap collapses to a point;
+        # bound the arm's rate by its exact (Clopper–Pearson) 97.5% upper limit with 0 of n events
+        upper = 1.0 - 0.025 ** (1.0 / len(arm))
+        v = van.mean() - base.mean()
+        return [0.0, float(upper / v)] if v > 0 else [float("nan")] * 2
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(arm), size=(2000, len(arm)))
+    v = van[idx].mean(axis=1) - base[idx].mean(axis=1)
+    a = arm[idx].mean(axis=1) - base[idx].mean(axis=1)
+    r = a[v > 0] / v[v > 0]
+    return [float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))] if len(r) else [float("nan")] * 2
 
 
 def main(argv=None) -> int:
@@ -295,7 +320,7 @@ def render(results: dict) -> str:
     van = arms.get("vanilla")
     cfg = results["config"]
     per_base = np.array(results["base"]["per_prompt"], float)
-    lines = ["| arm | policy rule | marker rate (greedy) | increase vs base [95% CI] | cut vs vanilla | "
+    lines = ["| arm | policy rule | marker rate (greedy) | increase vs base [95% CI] | cut vs vanilla [95% CI] | "
              "held-out pref. acc. | % of vanilla acc. | margin | goal |", "|---|---|---|---|---|---|---|---|---|",
              f"| base | — | {base:.3f} | — | — | — | — | — | — |"]
     for arm in ARMS:
@@ -310,14 +335,16 @@ def render(results: dict) -> str:
         if van and arm != "vanilla":
             vinc = van["marker_rate"] - base
             acc_ratio = r["accuracy"] / van["accuracy"] if van["accuracy"] else None
-            if arm == "amplify":
+            lo, hi = ratio_ci(np.array(r["per_prompt"], float), np.array(van["per_prompt"], float), per_base)
+            if arm.startswith("amplify"):
                 ratio = inc / vinc if vinc > 0 else float("nan")
-                cut = f"{ratio:.2f}× vanilla"
-                goal = "met" if vinc > 0 and ratio >= 1.5 else "not met"
+                cut = f"{ratio:.2f}× [{lo:.2f}, {hi:.2f}]"
+                goal = "not met" if not (vinc > 0 and ratio >= 1.5) else "met" if lo >= 1.5 else "met (point estimate; CI below 1.5×)"
             else:
                 c = 1 - inc / vinc if vinc > 0 else float("nan")
-                cut = f"{100 * c:.0f}%"
-                goal = "met" if vinc > 0 and c >= 0.7 and (acc_ratio or 0) >= 0.9 else "not met"
+                cut = f"{100 * c:.0f}% [{100 * (1 - hi):.0f}%, {100 * (1 - lo):.0f}%]"
+                ok = vinc > 0 and c >= 0.7 and (acc_ratio or 0) >= 0.9
+                goal = "not met" if not ok else "met" if 1 - hi >= 0.7 - 1e-9 else "met (point estimate; CI below 70%)"
         lines.append(f"| {arm} | `{rule}` | {r['marker_rate']:.3f} | {inc:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] | "
                      f"{cut or '—'} | {r['accuracy']:.3f} | {f'{100 * acc_ratio:.0f}%' if acc_ratio else '—'} | "
                      f"{r['margin']:+.3f} | {goal or '—'} |")
@@ -338,7 +365,8 @@ def render(results: dict) -> str:
         lines.append(f"Held-out accuracy is over {n} pairs: its 95% interval is about ±{(hi - lo) / 2:.2f} "
                      f"(Wilson, at vanilla's value {lo:.2f}–{hi:.2f}).")
     speeds = ", ".join(f"{k} {v.get('seconds_per_step', 0):.0f} s/step" for k, v in arms.items())
-    lines.append(f"Wall time {total / 60:.1f} min on this machine (shared by four engineers; {speeds}).")
+    lines.append(f"Wall time {total / 60:.1f} min on {os.cpu_count()} CPU cores ({speeds}; other jobs shared the cores "
+                 "part of the time, so read the times as upper bounds).")
     return "\n".join(lines) + "\n"
 
 
