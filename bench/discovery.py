@@ -87,12 +87,10 @@ def experiment(
     null_seeds: int = 100,
     batch_size: int = 8,
     progress: bool = False,
-    keep: dict[str, Any] | None = None,
     cache_dir: str | None = None,
 ) -> dict[str, Any]:
     """The three conditions on the first ``n_pairs`` embedded pairs (see the module's text);
-    ``cache_dir``: featurize's cache (default: ``$ETHOS_CACHE``); ``keep`` receives the latent
-    activations."""
+    ``cache_dir``: featurize's cache (default: ``$ETHOS_CACHE``)."""
     from ethos.compiler.compile import plan_for_concepts
     from ethos.runtime.audit import audit_scores, latent_activations, promoted_token_finder, snippet_finder, token_window_finder
     from ethos.runtime.data import load_pairs
@@ -107,8 +105,6 @@ def experiment(
     assert plan is not None
     acts, (sae, model, tokenizer) = latent_activations(doubled, plan.sae.name, model=plan.model.name,
                                                        batch_size=batch_size, progress=progress)
-    if keep is not None:
-        keep["acts"] = acts
     t_forward = time.perf_counter() - t0
     # verbosity of every reply version, featurized once (as `ethos audit` does)
     scores = featurize(plan, dataclasses.replace(base, pairs=[dataclasses.replace(p, id=f"{p.id}#{k}")
@@ -118,24 +114,21 @@ def experiment(
 
     def audit(on_c: np.ndarray, on_r: np.ndarray, swap: np.ndarray | None = None, labels: bool = True) -> Any:
         idx_c, idx_r = np.arange(n) + n * on_c, np.arange(n) + n * on_r
-        sel = select(acts, idx_c, idx_r)
-        chosen = [doubled[i].chosen for i in idx_c]
-        rejected = [doubled[i].rejected for i in idx_r]
+        lat_c, lat_r = acts.chosen[idx_c], acts.rejected[idx_r]
         v_c = scores["verbosity.chosen"].to_numpy()[idx_c]
         v_r = scores["verbosity.rejected"].to_numpy()[idx_r]
         if swap is not None:  # the sides exchanged per pair (the matrices only: a null run makes no labels)
             assert not labels
-            s2 = swap[:, None]
-            sel = dataclasses.replace(sel, chosen=np.where(s2, sel.rejected, sel.chosen),
-                                      rejected=np.where(s2, sel.chosen, sel.rejected))
+            lat_c, lat_r = np.where(swap[:, None], lat_r, lat_c), np.where(swap[:, None], lat_c, lat_r)
             v_c, v_r = np.where(swap, v_r, v_c), np.where(swap, v_c, v_r)
         table = pd.DataFrame({"id": [p.id for p in pairs], "verbosity.chosen": v_c, "verbosity.rejected": v_r})
         options: dict[str, Any] = {}
         if labels:
-            options = {"snippets": snippet_finder(sel.chosen, sel.rejected, chosen, rejected,
-                                                  window=token_window_finder(sel, tokenizer)),
+            window = token_window_finder(select(acts, idx_c, idx_r), tokenizer)
+            options = {"snippets": snippet_finder(lat_c, lat_r, [doubled[i].chosen for i in idx_c],
+                                                  [doubled[i].rejected for i in idx_r], window=window),
                        "tokens": tokens}
-        return audit_scores(table, ["verbosity"], n_boot=200 if labels else 0, latents=(sel.chosen, sel.rejected),
+        return audit_scores(table, ["verbosity"], n_boot=200 if labels else 0, latents=(lat_c, lat_r),
                             discover_options=options)
 
     def planting(frac_c: float, frac_r: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,14 +149,12 @@ def experiment(
 
     out: dict[str, Any] = {"pairs": n, "d_sae": acts.d_sae, "layer": acts.layer, "phrase": PHRASE,
                            "forward_seconds": round(t_forward, 1), "planted": [], "control": []}
-    for s in range(planted_seeds):
-        on_c, on_r = planting(0.7, 0.1, s)
-        out["planted"].append({"seed": s, "chosen_with_phrase": int(on_c.sum()), "rejected_with_phrase": int(on_r.sum()),
-                               **summary(audit(on_c, on_r))})
-    for s in range(control_seeds):
-        on_c, on_r = planting(0.4, 0.4, 100 + s)
-        out["control"].append({"seed": 100 + s, "chosen_with_phrase": int(on_c.sum()), "rejected_with_phrase": int(on_r.sum()),
-                               **summary(audit(on_c, on_r))})
+    for cond, frac_c, frac_r, first_seed, count in (("planted", 0.7, 0.1, 0, planted_seeds),
+                                                    ("control", 0.4, 0.4, 100, control_seeds)):
+        for s in range(first_seed, first_seed + count):
+            on_c, on_r = planting(frac_c, frac_r, s)
+            out[cond].append({"seed": s, "chosen_with_phrase": int(on_c.sum()), "rejected_with_phrase": int(on_r.sum()),
+                              **summary(audit(on_c, on_r))})
     on_c, on_r = planting(0.7, 0.1, 0)
     hits = []
     for s in range(null_seeds):

@@ -1045,8 +1045,9 @@ def latent_activations(
     t0 = time.perf_counter()
     try:
         sae = load_sae(sae_name)
-        if layer is not None and sae_layer(sae) is not None and layer != sae_layer(sae):
-            raise AuditError(f"the SAE reads layer {sae_layer(sae)} but layer {layer} was asked for")
+        reads = sae_layer(sae)
+        if layer is not None and reads is not None and layer != reads:
+            raise AuditError(f"the SAE reads layer {reads} but layer {layer} was asked for")
         runtime = _runtime_for(sae, model, None, batch_size=batch_size)
         got = reply_latents(sae, runtime, pairs, peaks=True, progress=progress)
     except SAEError as exc:

@@ -17,8 +17,9 @@
 - **describe** labels latents by their top activating reply snippets and their top promoted
   tokens, and stores the labels with the SAE (``labels/<data sha256[:16]>.json``).
 
-The functions the audit needs are :func:`pooled_latents` (max- and mean-pooled latent
-activations per reply) and :func:`describe_latents`.
+The audit's discovery reads every latent through :func:`reply_latents` (max- and mean-pooled
+activations per reply, with each latent's peak) and labels them with :func:`promoted_tokens`;
+:func:`pooled_latents` and :func:`describe_latents` are the same passes for other callers.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import torch
 from ethos.compiler.names import DEFAULT_MODEL, DEFAULT_SAE, LIBRARY_ROOT
 
 from .io import atomic_write_text
+from .model import _say, sha256_file
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
@@ -64,34 +66,19 @@ class SAEError(Exception):
     """An SAE cannot be trained, found or used as asked; the message is meant for the user."""
 
 
-def _say(message: str) -> None:
-    print(f"ethos: {message}", file=sys.stderr, flush=True)
-
-
-def sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # Finding and loading SAEs
 
 
 def find_sae(name: str | os.PathLike[str]) -> Path:
-    """An SAE folder from a path or a name (``default`` included), via the features lens's
-    :func:`resolve_sae`, falling back to the shipped default."""
+    """An SAE folder from a path or a name (``default`` included, which falls back to the
+    shipped default), via the features lens's :func:`resolve_sae`."""
     from .lenses import LensError
     from .lenses.features import resolve_sae
 
-    name = os.fspath(name)
     try:
-        return resolve_sae(name)
+        return resolve_sae(os.fspath(name))  # "default" falls back to the shipped SAE there
     except LensError as exc:
-        if name == DEFAULT_SAE and (SHIPPED_DEFAULT / "cfg.json").is_file():
-            return SHIPPED_DEFAULT
         raise SAEError(str(exc)) from None
 
 
@@ -235,7 +222,7 @@ def read_units(
     for path in paths:
         if not path.exists():
             raise SAEError(f"{path}: no such file or directory")
-        digest = sha256_path(path) if path.is_file() else ""
+        digest = sha256_file(path) if path.is_file() else ""
         pairs = None
         if not path.name.lower().endswith(_TEXT_SUFFIXES):
             try:
@@ -1214,7 +1201,7 @@ def _eval_pairs(folder: Path, data: Path, limit: int | None, all_rows: bool) -> 
 
     pairs = load_pairs(data).pairs
     meta = read_meta(folder)
-    digest = sha256_path(data)
+    digest = sha256_file(data)
     trained_on = any(d.get("sha256") == digest for d in meta.get("data", []))
     held = False
     if trained_on and not all_rows:
@@ -1263,7 +1250,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     except (SAEError, DataError, ModelError) as exc:
         _say(str(exc))
         return EXIT_ERRORS
-    digest = sha256_path(Path(args.data))
+    digest = sha256_file(Path(args.data))
     path = labels_path(folder, digest)
     record = {"format_version": 1, "data": {"path": args.data, "sha256": digest, "pairs": len(pairs)},
               "params": {"limit": args.limit, "k_snippets": args.snippets, "k_tokens": args.tokens, "model": args.model},

@@ -342,7 +342,6 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     progress: bool = True
     logging_steps: int = 1
-    save: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
