@@ -195,7 +195,7 @@ class ShapedDPOTrainer(DPOTrainer):
         self._capturing = False
         self._resid: torch.Tensor | None = None
         self._want_resid = False
-        self._removed: list[float] = []
+        self._removed: list[torch.Tensor] = []
         self.hook_calls = {"applied": 0, "skipped": 0}
         self.last_outputs: list[Any] = []  # the captured forward outputs of the last compute_loss (tests)
         self._handles = [self.model.register_forward_hook(self._capture_hook, with_kwargs=True)]
@@ -208,6 +208,10 @@ class ShapedDPOTrainer(DPOTrainer):
         steer = [r for r in self.rules if r.protocol == "steering"]
         if steer:
             self._steer = sum((1.0 - r.factor) * r.amount * r.unit for r in steer)
+        # fixed for the run: not recomputed per step
+        self._penalties = [r for r in self.rules if r.protocol == "penalty"]
+        self._has_ablation = any(r.protocol == "ablation" for r in self.rules)
+        self._steer_norm = float(self._steer.norm()) if self._steer is not None else None
 
     # -- trl's column handling (private, guarded by a test) ------------------------------------
     def _set_signature_columns_if_needed(self):
@@ -233,7 +237,7 @@ class ShapedDPOTrainer(DPOTrainer):
                 D = r.directions.to(x.device, x.dtype)
                 removed = (1.0 - r.factor) * ((x @ D.T) @ D)
                 x = x - removed
-                self._removed.append(float(removed.detach().float().norm(dim=-1).mean()))
+                self._removed.append(removed.detach().float().norm(dim=-1).mean())  # no device sync here
         if self._steer is not None:
             x = x + self._steer.to(x.device, x.dtype)
         h = torch.cat([head, x], dim=1)
@@ -259,7 +263,7 @@ class ShapedDPOTrainer(DPOTrainer):
         inputs = dict(inputs)
         weight = inputs.pop(_W, None)
         offset = inputs.pop(_O, None)
-        penalties = [r for r in self.rules if r.protocol == "penalty"]
+        penalties = self._penalties
         self._captured, self._capturing = [], True
         self._resid, self._want_resid = None, bool(penalties) and self._armed
         self._removed = []
@@ -313,10 +317,10 @@ class ShapedDPOTrainer(DPOTrainer):
             loss = loss + total
             m["ethos/penalty"].append(float(total.detach()) if torch.is_tensor(total) else float(total))
         self._resid = None
-        if any(r.protocol == "ablation" for r in self.rules) and self._removed:
-            m["ethos/ablation_norm_removed"].append(sum(self._removed) / len(self._removed))
-        if self._steer is not None:
-            m["ethos/steering_norm"].append(float(self._steer.norm()))
+        if self._has_ablation and self._removed:
+            m["ethos/ablation_norm_removed"].append(float(torch.stack(self._removed).mean()))
+        if self._steer_norm is not None:
+            m["ethos/steering_norm"].append(self._steer_norm)
         return (loss, outputs) if return_outputs else loss
 
 
