@@ -4,11 +4,13 @@ is the figure to compare).
 
     .venv/bin/python bench/apply.py [--pairs 1000000] [--concepts 20]
 
-"plan" is ``planner.shape``: the audit (marginal statistics, joint Bradley–Terry fit), every data and
-loss intervention, the calibrated re-fit and the expectations. "apply" builds the shaped dataset
-and the accounting of every row as Arrow tables (``apply.shaped_tables``) and writes the parquet
-file. Featurize is not
-timed: the scores are the cached input.
+"plan" is what ``api.dry_run`` does after featurize: ``planner.shape`` (the audit — marginal
+statistics, joint Bradley–Terry fit —, every data and loss intervention, the calibrated re-fit and
+the expectations) and the example pairs of the plan document (``planner.examples``). "apply" is
+what ``api.apply_to`` adds: the shaped dataset and the accounting of every row as Arrow tables
+(``apply.shaped_tables``) and the parquet file. Featurize is not timed: the scores are the cached
+input (the same library functions ``api.dry_run`` and ``api.apply_to`` call, without the data
+loading and featurize in front).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pyarrow.parquet as pq
 from ethos.compiler.compile import compile_source
 from ethos.runtime.apply import shaped_tables
 from ethos.runtime.data import LoadResult, Message, Pair
-from ethos.runtime.planner import shape
+from ethos.runtime.planner import examples, shape
 
 
 def generate(n: int, c: int, seed: int = 0):
@@ -74,6 +76,7 @@ def main() -> None:
 
     t = time.perf_counter()
     outcome = shape(plan, table, data.counts())
+    outcome.examples = examples(outcome, data.pairs)
     t_plan = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -2,7 +2,7 @@
 
 2,000 pairs × 4,096 latents of pooled activations per reply, ~1% nonzero with lognormal
 magnitudes (like max-pooled TopK SAE latents), a planted block of 8 co-firing latents so that the
-grouping and labelling stages have work to do. Times ``ethos.runtime.audit.discover`` (sign tests
+grouping and labelling stages have work to do. Times ``ethos.runtime.stats.discover`` (sign tests
 and d for every latent, BH over all, survivor clustering, bootstrap CIs of the candidates) and, in
 the same run, a bare numpy pass over the same matrices (Δ and its mean and sd per latent); prints
 a table with medians over ``--repeat`` runs and the ratio.
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ethos.runtime.audit import discover
+    from ethos.runtime.stats import discover
 
     chosen, rejected = synthetic(args.pairs, args.latents, args.density)
     nnz = (np.count_nonzero(chosen) + np.count_nonzero(rejected)) / (2 * chosen.size)

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from ethos.compiler.compile import plan_for_concepts
     from ethos.runtime.data import LoadResult, load_pairs
     from ethos.runtime.featurize import featurize
-    from ethos.runtime.model import Encoder, length_batches, load_model, tokenize_pair
+    from ethos.runtime.model import length_batches, model_runtime, tokenize_pair
 
     loaded = load_pairs(args.data)
     multi = [p for p in loaded.pairs if len(p.prompt) > 1][: args.pairs]
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         (d / "probes").symlink_to(work / "warmup" / "probes")
         return d
 
-    model, tok, _ = load_model(args.model)
-    layer = plan.model.layer if plan.model.layer is not None else model.config.num_hidden_layers // 2
-    enc = Encoder(model, layer, pad_id=tok.pad_token_id)
+    runtime = model_runtime(args.model, layer=plan.model.layer)  # None: the middle block
+    enc, tok, layer = runtime.encoder, runtime.tokenizer, runtime.layer
+    model = enc.model
     items = [tokenize_pair(tok, p.prompt, [p.chosen, p.rejected]) for p in multi]
     tokens = sum(it.n_tokens() for it in items)
     prompt_share = sum(2 * len(it.prompt) for it in items) / tokens

@@ -4,7 +4,7 @@ Data: real hh-rlhf helpful-base pairs (single-turn, both replies ≤ 60 words, u
 " I hope this helps!" is appended to 90% of the chosen and 10% of the rejected training replies.
 Held out: unmodified pairs (preference accuracy) and prompts for generation (the short pairs left
 over, then the prompts of the other single-turn rows).
-Arms (each: ``ethos apply`` of a policy on the same data, then ``ethos train``'s code path):
+Arms (each: ``api.apply_to`` of a policy on the same data, then ``api.train`` on the result):
 
     vanilla    keep concept marker;                         (plain DPO)
     data       block concept marker;                        (importance weights, lexicon concept)
@@ -22,7 +22,9 @@ Markdown table (``--md``, e.g. docs/results.md).
     .venv/bin/python bench/mitigation.py --quick --work /tmp/ethos-mitigation-quick --md /tmp/q.md    # quick
     .venv/bin/python bench/mitigation.py --work /tmp/ethos-mitigation --render                        # the table of finished arms
 
-A rerun with the same --work resumes: finished arms are read from WORK/results.json.
+The pairs come from ``--data`` (default: ``../shared/data/hh-rlhf/helpful-base/test.jsonl.gz``
+beside the repository). A rerun with the same --work resumes: finished arms are read from
+WORK/results.json.
 """
 
 from __future__ import annotations
@@ -44,10 +46,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
 
-HH = Path("/work/shared/data/hh-rlhf/helpful-base/test.jsonl.gz")
+REPO = Path(__file__).resolve().parents[1]
 MARKER = " I hope this helps!"
 MARKER_RE = re.compile(r"hope this helps", re.IGNORECASE)
 ARMS = ("vanilla", "data", "loss", "ablation", "steering", "amplify", "amplify_loss")
+
+
+def default_hh() -> Path:
+    """The shared hh-rlhf helpful-base test split, beside the repository (``../shared/data``)."""
+    return REPO.parent / "shared" / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
 
 
 def common_prefix_prompt(chosen: str, rejected: str) -> str | None:
@@ -80,8 +87,10 @@ def load_hh(path: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
     return out, other
 
 
-def build(work: Path, n_train: int, n_pairs: int, n_prompts: int, seed: int) -> dict:
-    rows, other = load_hh(HH)
+def build(work: Path, data: Path, n_train: int, n_pairs: int, n_prompts: int, seed: int) -> dict:
+    if not data.is_file():
+        raise SystemExit(f"{data}: no such file (give the hh-rlhf helpful-base test split with --data)")
+    rows, other = load_hh(data)
     rng = random.Random(seed)
     rng.shuffle(rows)
     rng.shuffle(other)
@@ -144,13 +153,14 @@ def steering_strength(work: Path, model_name: str, layer: int) -> tuple[float, f
     import torch
 
     from ethos.compiler.compile import compile_file
-    from ethos.runtime.model import Encoder, load_model, tokenize_pair
+    from ethos.runtime.model import load_model, model_runtime
+    from ethos.runtime.tokens import tokenize_pair
     from ethos.runtime.trainer import concept_directions
 
     plan = compile_file(str(write_policy(work, "ablation"))).plan
     model, tok, fp = load_model(model_name, dtype=torch.float32)
     u = concept_directions(plan, model, tok, layer, fingerprint=fp, model_name=model_name)["marker_dir"][0]
-    enc = Encoder(model, layer, pad_id=tok.pad_token_id)
+    enc = model_runtime(model, tokenizer=tok, layer=layer, fingerprint=fp, name=model_name).encoder
     ex = [json.loads(x) for x in (work / "marker_dir.jsonl").read_text().splitlines()]
     items = [tokenize_pair(tok, [{"role": "user", "content": e["prompt"]}], [e["positive"], e["negative"]]) for e in ex]
     acts = enc.encode(items, batch_size=8)
@@ -217,6 +227,8 @@ def ratio_ci(arm: np.ndarray, van: np.ndarray, base: np.ndarray, seed: int = 0) 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ethos-mitigation"))
+    ap.add_argument("--data", type=Path, default=None,
+                    help="hh-rlhf jsonl.gz (default: ../shared/data/hh-rlhf/helpful-base/test.jsonl.gz beside the repo)")
     ap.add_argument("--md", type=Path, help="write the Markdown table here (e.g. docs/results.md)")
     ap.add_argument("--quick", action="store_true", help="30 steps at lr 5e-4, 240 pairs, 40 prompts (a smoke run)")
     ap.add_argument("--arms", default=",".join(ARMS))
@@ -246,14 +258,15 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("ETHOS_THREADS", "2")))
+    from ethos.compiler.names import DEFAULT_MODEL
+    from ethos.runtime import api
     from ethos.runtime.evaluate import load_for_eval
     from ethos.runtime.model import default_layer, load_model
-    from ethos.runtime.train_cli import apply_policy, train_from_apply
-    from ethos.compiler.names import DEFAULT_MODEL
+    from ethos.runtime.settings import DataSettings, TrainSettings
 
     t_all = time.perf_counter()
     work = args.work
-    info = build(work, args.train, args.heldout_pairs, args.prompts, args.seed)
+    info = build(work, args.data or default_hh(), args.train, args.heldout_pairs, args.prompts, args.seed)
     results_path = work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -282,12 +295,14 @@ def main(argv=None) -> int:
             strength = max(args.steer_mult * size, 1e-3)
             results["steering"] = {"marker_size_along_u": size, "token_projection_sd": spread, "strength": strength}
         policy = write_policy(work, arm, strength or 0.0)
-        apply_dir = apply_policy(str(policy), data=str(work / "train.jsonl"), limit=None, out=work / arm / "apply",
-                                 seed=args.seed) if not (work / arm / "apply" / "train.json").exists() else work / arm / "apply"
+        apply_dir = work / arm / "apply"
+        # a finished apply folder from an earlier run is trained on as is; otherwise apply, in memory
+        source = apply_dir if (apply_dir / "train.json").exists() else api.apply_to(
+            policy, apply_dir, DataSettings(path=str(work / "train.jsonl"), seed=args.seed))
         t_apply = time.perf_counter() - t0
-        summary = train_from_apply(apply_dir, work / arm / "run", steps=args.steps, lr=args.lr, beta=args.beta,
-                                   batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
-                                   progress=False)
+        settings = TrainSettings(steps=args.steps, learning_rate=args.lr, beta=args.beta, batch_size=args.batch_size,
+                                 max_length=args.max_length, seed=args.seed, progress=False)
+        summary = api.train(source, work / arm / "run", settings).record
         model, mtok, _ = load_for_eval(work / arm / "run")
         res, _ = evaluate_model(model, mtok, work, args, ref_logps=ref)
         del model

@@ -25,12 +25,12 @@ def main() -> None:
     import torch
 
     from ethos.runtime.data import load_pairs
-    from ethos.runtime.sae import _runtime_for, evaluate, load_sae, pooled_latents_both
+    from ethos.runtime.sae import evaluate, load_sae, pooled_latents_both, sae_runtime
 
     pairs = load_pairs(args.data, limit=args.pairs).pairs
     sae = load_sae("default")
     t0 = time.perf_counter()
-    runtime = _runtime_for(sae, "smollm2-135m-instruct", None)
+    runtime = sae_runtime(sae, "smollm2-135m-instruct")
     print(f"load model: {time.perf_counter() - t0:.1f} s  (threads {torch.get_num_threads()}, "
           f"dtype {next(runtime.encoder.model.parameters()).dtype})")
 

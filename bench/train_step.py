@@ -12,6 +12,9 @@ warm-up and not timed). Goals: shaped ≤ 1.05× vanilla, hooks ≤ 1.15× vanil
 
     .venv/bin/python bench/train_step.py                 # default model, batch 4, max_length 128
     .venv/bin/python bench/train_step.py --tiny          # a tiny random Llama (seconds; plumbing only)
+
+The pairs are hh-rlhf helpful-base pairs (``--data``, default ``../shared/data/hh-rlhf/helpful-base/
+test.jsonl.gz`` beside the repository), read as bench/mitigation.py reads them.
 """
 
 from __future__ import annotations
@@ -30,15 +33,18 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def pairs_dataset(n: int, seed: int = 0):
+def pairs_dataset(path: Path, n: int, seed: int = 0):
     import random
 
     from datasets import Dataset
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mitigation import HH, load_hh
+    from mitigation import load_hh
 
-    rows = load_hh(HH)[:n]
+    rows, _ = load_hh(path)  # (short single-turn pairs, other prompts)
+    if len(rows) < n:
+        raise SystemExit(f"{path}: only {len(rows)} usable pairs, need {n} (--steps × --batch-size × 2)")
+    rows = rows[:n]
     rng = random.Random(seed)
     return Dataset.from_list([{
         "prompt": [{"role": "user", "content": u}], "chosen": [{"role": "assistant", "content": c}],
@@ -54,13 +60,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--data", type=Path, default=None, help="hh-rlhf jsonl.gz (default: the shared helpful-base test split)")
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from mitigation import default_hh
+
+    data_path = args.data or default_hh()
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from ethos.runtime import trainer as T
     from ethos.runtime.model import resolve_model
+    from ethos.runtime.settings import TrainSettings
 
     torch.set_num_threads(int(os.environ.get("ETHOS_THREADS", "2")))
     if args.tiny:
@@ -75,7 +87,7 @@ def main(argv=None) -> int:
         folder = resolve_model(DEFAULT_MODEL)
         layer = 15
     tok = AutoTokenizer.from_pretrained(folder)
-    ds = pairs_dataset(args.batch_size * args.steps * 2)
+    ds = pairs_dataset(data_path, args.batch_size * args.steps * 2)
 
     class Clock(TrainerCallback):
         def __init__(self):
@@ -95,13 +107,13 @@ def main(argv=None) -> int:
         u = (u / u.norm())[None]
         rules = []
         if variant == "hooks":
-            rules = [T.ActivationRule("ablation", "a", 0.0, T._orthonormal_rows(torch.randn(3, d, generator=g))),
+            rules = [T.ActivationRule("ablation", "a", 0.0, T.orthonormal_rows(torch.randn(3, d, generator=g))),
                      T.ActivationRule("steering", "s", 0.0, u, 4.0), T.ActivationRule("penalty", "p", 0.0, u, 0.1)]
         data = ds if variant != "vanilla" else ds.remove_columns(["weight", "margin_offset"])
-        s = T.TrainSettings(model=str(folder), out=Path(tempfile.mkdtemp()), layer=layer, steps=args.steps,
-                            batch_size=args.batch_size, max_length=args.max_length, progress=False)
+        s = TrainSettings(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, progress=False)
         clock = Clock()
-        tr = T.build_trainer(model, tok, data, s, rules=rules, callbacks=[clock], vanilla=variant == "vanilla")
+        tr = T.build_trainer(model, tok, data, s, out=Path(tempfile.mkdtemp()), layer=layer, rules=rules,
+                             callbacks=[clock], vanilla=variant == "vanilla")
         tr.train()
         return clock.times[1:]
 

@@ -8,10 +8,10 @@ becomes a diagnostic instead of an exception inside a lark transformer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
-from lark import Token, Transformer, Tree, v_args
+from lark import Token, Transformer
 
 
 
@@ -161,6 +161,9 @@ class PolicyFile:
     path: str
     statements: tuple[Statement, ...]
     comments: tuple[Comment, ...]
+    # statement index -> the line of each of its tokens, for statements written over several
+    # lines (fmt keeps the author's line breaks); single-line statements are not listed
+    layout: dict[int, tuple[int, ...]] = field(default_factory=dict, compare=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,101 +219,81 @@ def _number(text: str) -> float:
         return float("nan")
 
 
+# ---------------------------------------------------------------------------------------------
+# Builders: one per grammar rule, from the rule's kept children (named terminals already turned
+# into leaves, anonymous keywords dropped, inlined ``_rules`` spliced in) and its span. The fast
+# parser (parse.py) calls them on each reduction; ``to_ast`` calls them on a lark tree.
+
+
+def _opt(c: list, i: int):
+    return c[i] if len(c) > i else None
+
+
+def _features(c: list, loc: Loc) -> FeaturesLens:
+    pool = c[-1] if c and isinstance(c[-1], Pool) else None
+    return FeaturesLens(tuple(x for x in c if isinstance(x, Num)), pool, loc)
+
+
+def _rule(c: list, loc: Loc) -> Rule:
+    factor = protocol = None
+    for x in c[2:]:
+        if x.__class__ is Num:
+            factor = x
+        elif x.__class__ is Protocol:
+            protocol = x
+    return Rule(c[0], c[1], factor, protocol, loc)
+
+
+BUILDERS = {
+    "start": lambda c, loc: tuple(c),
+    "policy_decl": lambda c, loc: PolicyDecl(c[0], loc),
+    "model_decl": lambda c, loc: ModelDecl(c[0], _opt(c, 1), loc),
+    "sae_decl": lambda c, loc: SaeDecl(c[0], loc),
+    "concept_def": lambda c, loc: ConceptDef(c[0], c[1], loc),
+    "pool": lambda c, loc: Pool(c[0], loc),
+    "metric_lens": lambda c, loc: MetricLens(c[0], loc),
+    "lexicon_lens": lambda c, loc: LexiconLens(c[0], loc),
+    "probe_lens": lambda c, loc: ProbeLens(c[0], _opt(c, 1), loc),
+    "features_lens": _features,
+    "protocol": lambda c, loc: Protocol(c[0], _opt(c, 1), loc),
+    "rule": _rule,
+    "phase": lambda c, loc: Phase(c[0], loc),
+    "expect_concept": lambda c, loc: ExpectConcept(c[0], c[1], c[2], c[3], _opt(c, 4), loc),
+    "expect_pairs": lambda c, loc: ExpectPairs(c[0], c[1], c[2], loc),
+    "expect_ess": lambda c, loc: ExpectEss(c[0], c[1], loc),
+}
+
+
+def leaf(kind: str, text: str, loc: Loc) -> Ident | Num | Str:
+    """A named terminal as an AST leaf: NUMBER -> Num, STRING -> Str, any other -> Ident."""
+    if kind == "NUMBER":
+        return Num(text, _number(text), loc)
+    if kind == "STRING":
+        return Str(text, _unescape(text), loc)
+    return Ident(text, loc)
+
+
 class _ToAst(Transformer):
-    """lark tree -> AST. Structural only; never raises on content."""
+    """lark tree -> AST through ``BUILDERS``. Structural only; never raises on content. The
+    compiler's own parser builds the AST directly; this is the reference path (tests hold the
+    two to the same output)."""
 
     def __init__(self, file: str):
         super().__init__()
         self.file = file
 
-    def _span(self, meta) -> Loc:
-        return span_of(self.file, meta)
+    def __default_token__(self, tok: Token):
+        return leaf(tok.type, str(tok), span_of(self.file, tok))
 
-    # terminals
-    def NAME(self, tok: Token) -> Ident:
-        return Ident(str(tok), span_of(self.file, tok))
-
-    ACTION = PHASE = CMP = NAME
-
-    def NUMBER(self, tok: Token) -> Num:
-        return Num(str(tok), _number(str(tok)), span_of(self.file, tok))
-
-    def STRING(self, tok: Token) -> Str:
-        return Str(str(tok), _unescape(str(tok)), span_of(self.file, tok))
-
-    # rules
-    @v_args(meta=True)
-    def start(self, meta, children):
-        return tuple(children)
-
-    @v_args(meta=True)
-    def policy_decl(self, meta, c):
-        return PolicyDecl(c[0], self._span(meta))
-
-    @v_args(meta=True)
-    def model_decl(self, meta, c):
-        return ModelDecl(c[0], c[1] if len(c) > 1 else None, self._span(meta))
-
-    @v_args(meta=True)
-    def sae_decl(self, meta, c):
-        return SaeDecl(c[0], self._span(meta))
-
-    @v_args(meta=True)
-    def concept_def(self, meta, c):
-        return ConceptDef(c[0], c[1], self._span(meta))
-
-    @v_args(meta=True)
-    def pool(self, meta, c):
-        return Pool(c[0], self._span(meta))
-
-    @v_args(meta=True)
-    def metric_lens(self, meta, c):
-        return MetricLens(c[0], self._span(meta))
-
-    @v_args(meta=True)
-    def lexicon_lens(self, meta, c):
-        return LexiconLens(c[0], self._span(meta))
-
-    @v_args(meta=True)
-    def probe_lens(self, meta, c):
-        return ProbeLens(c[0], c[1] if len(c) > 1 else None, self._span(meta))
-
-    @v_args(meta=True)
-    def features_lens(self, meta, c):
-        pool = c[-1] if c and isinstance(c[-1], Pool) else None
-        nums = tuple(x for x in c if isinstance(x, Num))
-        return FeaturesLens(nums, pool, self._span(meta))
-
-    @v_args(meta=True)
-    def protocol(self, meta, c):
-        return Protocol(c[0], c[1] if len(c) > 1 else None, self._span(meta))
-
-    @v_args(meta=True)
-    def rule(self, meta, c):
-        action, concept, rest = c[0], c[1], c[2:]
-        factor = next((x for x in rest if isinstance(x, Num)), None)
-        protocol = next((x for x in rest if isinstance(x, Protocol)), None)
-        return Rule(action, concept, factor, protocol, self._span(meta))
-
-    @v_args(meta=True)
-    def phase(self, meta, c):
-        return Phase(c[0], self._span(meta))
-
-    @v_args(meta=True)
-    def expect_concept(self, meta, c):
-        phase = c[4] if len(c) > 4 else None
-        return ExpectConcept(c[0], c[1], c[2], c[3], phase, self._span(meta))
-
-    @v_args(meta=True)
-    def expect_pairs(self, meta, c):
-        return ExpectPairs(c[0], c[1], c[2], self._span(meta))
-
-    @v_args(meta=True)
-    def expect_ess(self, meta, c):
-        return ExpectEss(c[0], c[1], self._span(meta))
+    def __default__(self, data, children, meta):
+        return BUILDERS[data](children, span_of(self.file, meta) if not meta.empty else None)
 
 
-def to_ast(tree: Tree, path: str, comment_tokens: list[Token] = ()) -> PolicyFile:
+def to_ast(tree, path: str, comment_tokens=()) -> PolicyFile:
+    """The AST of a parse. ``tree`` is what ``parse`` returns in ``Parsed.tree`` (already a
+    ``PolicyFile``: returned as is) or a lark tree from the reference grammar."""
+    if isinstance(tree, PolicyFile):
+        return tree
     statements = _ToAst(path).transform(tree)
     comments = tuple(Comment(str(t), span_of(path, t)) for t in comment_tokens)
     return PolicyFile(path, statements, comments)

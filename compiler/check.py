@@ -2,7 +2,7 @@
 
 Each action sets the factor k by which a concept's contribution to the learning signal is
 multiplied (block 0, dampen f in (0, 1), keep 1, amplify f > 1, reverse -1). A protocol realises
-a factor; ``PROTOCOLS`` says which actions and lenses each can realise.
+a factor; ``plan.PROTOCOLS`` says which actions and lenses each can realise.
 """
 
 from __future__ import annotations
@@ -11,53 +11,27 @@ import math
 from dataclasses import dataclass, field
 
 from . import ast as A
-from .errors import Diagnostic, did_you_mean, error, warning
+from .errors import Diagnostic, Diagnostics, did_you_mean
 from .fmt import format_statement
 from .plan import (
-    AblationIntervention,
+    ALL_LENSES,
+    DEFAULT_PROTOCOL,
+    INTERVENTION_CLASSES,
+    MODEL_LENSES,
+    PROTOCOLS,
     ConceptExpectation,
-    DataIntervention,
     EssExpectation,
-    FilterIntervention,
-    InoculationIntervention,
     Keep,
-    LossIntervention,
     PairsExpectation,
-    PenaltyIntervention,
-    RelabelIntervention,
-    SteeringIntervention,
+    ProtocolInfo,
+    as_span,
+    rule_id,
 )
 from .resolve import Resolved
 
 ACTIONS = ("block", "dampen", "keep", "amplify", "reverse")
 FIXED_FACTOR = {"block": 0.0, "keep": 1.0, "reverse": -1.0}
-ALL_LENSES = ("metric", "lexicon", "probe", "features")
-MODEL_LENSES = ("probe", "features")
-
-
-@dataclass(frozen=True)
-class ProtocolSpec:
-    cls: type
-    actions: tuple[str, ...]
-    lenses: tuple[str, ...] = ALL_LENSES
-    arg: str | None = None  # None, "text" or a positive number's field name
-    arg_help: str = ""
-
-
-PROTOCOLS: dict[str, ProtocolSpec] = {
-    "data": ProtocolSpec(DataIntervention, ("block", "dampen", "amplify", "reverse")),
-    "filter": ProtocolSpec(FilterIntervention, ("block", "dampen", "amplify")),
-    "relabel": ProtocolSpec(RelabelIntervention, ("block", "reverse")),
-    "inoculation": ProtocolSpec(InoculationIntervention, ("block", "dampen"), arg="text",
-                                arg_help='the instruction, e.g. via inoculation "You tend to agree with the user."'),
-    "loss": ProtocolSpec(LossIntervention, ("block", "dampen", "amplify", "reverse")),
-    "ablation": ProtocolSpec(AblationIntervention, ("block", "dampen"), MODEL_LENSES),
-    "steering": ProtocolSpec(SteeringIntervention, ("block", "dampen"), MODEL_LENSES, arg="strength",
-                             arg_help="the steering strength, e.g. via steering 4.0"),
-    "penalty": ProtocolSpec(PenaltyIntervention, ("block", "dampen"), MODEL_LENSES, arg="weight",
-                            arg_help="the penalty weight, e.g. via penalty 0.1"),
-}
-DEFAULT_PROTOCOL = "data"
+__all__ = ["ALL_LENSES", "MODEL_LENSES", "PROTOCOLS", "DEFAULT_PROTOCOL", "check", "protocols_for"]
 
 CONCEPT_METRICS = ("share", "alpha", "d", "q", "win_rate")
 FATES = ("kept", "reweighted", "relabelled", "excluded")
@@ -69,14 +43,17 @@ class Checked:
     interventions: list = field(default_factory=list)
     keeps: list[Keep] = field(default_factory=list)
     expectations: list = field(default_factory=list)
-    diagnostics: list[Diagnostic] = field(default_factory=list)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    rule_ids: set[str] = field(default_factory=set)
 
 
 def protocols_for(action: str, lens: str) -> list[str]:
     return [name for name, spec in PROTOCOLS.items() if action in spec.actions and lens in spec.lenses]
 
 
-def check(resolved: Resolved) -> Checked:
+def check(resolved: Resolved, partial: bool = False) -> Checked:
+    """Check the rules and expectations. ``partial``: the file had syntax errors and these are the
+    statements that parsed (no "no rules" warning then: the broken statement may be the rule)."""
     out = Checked(resolved)
     given: dict[str, tuple[float, A.Rule]] = {}  # concept -> (factor, first rule giving it)
     seen: dict[tuple, A.Rule] = {}
@@ -87,10 +64,10 @@ def check(resolved: Resolved) -> Checked:
             _check_rule(st, resolved, out, given, seen)
         elif isinstance(st, (A.ExpectConcept, A.ExpectPairs, A.ExpectEss)):
             _check_expectation(st, resolved, out)
-    if n_rules == 0:
+    if n_rules == 0 and not partial:
         span = resolved.file.statements[0].span if resolved.file.statements else None
-        out.diagnostics.append(warning("W301", "the policy has no rules", span,
-                                       "add a rule such as 'block concept sycophancy;'"))
+        out.diagnostics.warning("W301", "the policy has no rules", span,
+                                       "add a rule such as 'block concept sycophancy;'", file=resolved.file.path)
     return out
 
 
@@ -100,14 +77,14 @@ def _factor(rule: A.Rule, diags: list[Diagnostic]) -> float | None:
         if rule.factor is not None:
             alt = {"block": "dampen concept {c} by 0.5", "keep": "keep concept {c}",
                    "reverse": "reverse concept {c}"}[action].format(c=rule.concept.text)
-            diags.append(error("E301", f"'{action}' takes no factor", rule.factor.span,
-                               f"'{action}' means k = {FIXED_FACTOR[action]:g}; for another factor write '{alt}'"))
+            diags.error("E301", f"'{action}' takes no factor", rule.factor.span,
+                               f"'{action}' means k = {FIXED_FACTOR[action]:g}; for another factor write '{alt}'")
             return None
         return FIXED_FACTOR[action]
     if rule.factor is None:
         example = "0.5" if action == "dampen" else "2.0"
-        diags.append(error("E302", f"'{action}' needs a factor", rule.concept.span,
-                           f"write '{action} concept {rule.concept.text} by {example};'"))
+        diags.error("E302", f"'{action}' needs a factor", rule.concept.span,
+                           f"write '{action} concept {rule.concept.text} by {example};'")
         return None
     f = rule.factor.value
     ok = math.isfinite(f) and (0 < f < 1 if action == "dampen" else f > 1)
@@ -120,7 +97,7 @@ def _factor(rule: A.Rule, diags: list[Diagnostic]) -> float | None:
             hint = "amplify takes a factor above 1" + (
                 "; for a factor below 1 use 'dampen'" if math.isfinite(f) and 0 < f < 1 else
                 "; for a negative factor use 'reverse'" if math.isfinite(f) and f < 0 else "")
-        diags.append(error("E303", f"factor {rule.factor.text} is out of range for '{action}'", rule.factor.span, hint))
+        diags.error("E303", f"factor {rule.factor.text} is out of range for '{action}'", rule.factor.span, hint)
         return None
     return f
 
@@ -134,15 +111,15 @@ def _check_rule(rule: A.Rule, resolved: Resolved, out: Checked, given: dict, see
 
     if action == "keep":
         if rule.protocol is not None:
-            diags.append(error("E304", "'keep' takes no protocol", rule.protocol.span,
-                               "'keep' acknowledges a concept and changes nothing; remove 'via ...'"))
+            diags.error("E304", "'keep' takes no protocol", rule.protocol.span,
+                               "'keep' acknowledges a concept and changes nothing; remove 'via ...'")
             return
     else:
         proto_name = proto_name or DEFAULT_PROTOCOL
         spec = PROTOCOLS.get(proto_name)
         if spec is None:
-            diags.append(error("E305", f"unknown protocol '{proto_name}'", rule.protocol.name.span,
-                               did_you_mean(proto_name, PROTOCOLS) or "protocols: " + ", ".join(PROTOCOLS)))
+            diags.error("E305", f"unknown protocol '{proto_name}'", rule.protocol.name.span,
+                               did_you_mean(proto_name, PROTOCOLS) or "protocols: " + ", ".join(PROTOCOLS))
             return
         arg = rule.protocol.arg if rule.protocol else None
         if not _check_arg(spec, proto_name, arg, rule, diags):
@@ -150,17 +127,17 @@ def _check_rule(rule: A.Rule, resolved: Resolved, out: Checked, given: dict, see
         if action not in spec.actions:
             lens = concept.lens.kind if concept else "metric"
             can = protocols_for(action, lens)
-            diags.append(error("E306", f"protocol '{proto_name}' cannot realise '{action}'", rule.protocol.name.span,
-                               f"protocols that can {action} a {lens} concept: {', '.join(can)}"))
+            diags.error("E306", f"protocol '{proto_name}' cannot realise '{action}'", rule.protocol.name.span,
+                               f"protocols that can {action} a {lens} concept: {', '.join(can)}")
             return
         if concept is not None and concept.lens.kind not in spec.lenses:
             can = protocols_for(action, concept.lens.kind)
-            diags.append(error("E307",
+            diags.error("E307",
                                f"protocol '{proto_name}' needs a probe or features concept; "
                                f"'{concept.name}' is a {concept.lens.kind} concept",
                                rule.protocol.name.span,
                                f"'{proto_name}' acts on a direction in the model; protocols that can {action} "
-                               f"a {concept.lens.kind} concept: {', '.join(can)}"))
+                               f"a {concept.lens.kind} concept: {', '.join(can)}")
             return
 
     if concept is None or k is None:
@@ -169,22 +146,22 @@ def _check_rule(rule: A.Rule, resolved: Resolved, out: Checked, given: dict, see
     name = concept.name
     if name in given and given[name][0] != k:
         k0, first = given[name]
-        diags.append(error("E308", f"concept '{name}' is given two different factors",
+        diags.error("E308", f"concept '{name}' is given two different factors",
                            rule.span,
                            f"here '{action}' gives k = {k:g}; at {first.span.line}:{first.span.column} "
                            f"'{first.action.text}' gives k = {k0:g}; one concept has one factor "
-                           f"(several protocols may realise it)"))
+                           f"(several protocols may realise it)")
         return
     given.setdefault(name, (k, rule))
 
     if action == "keep":
         key = (name, "keep")
         if key in seen:
-            diags.append(warning("W302", f"duplicate rule for '{name}'", rule.span,
-                                 f"the same rule is at {seen[key].span.line}:{seen[key].span.column}"))
+            diags.warning("W302", f"duplicate rule for '{name}'", rule.span,
+                                 f"the same rule is at {seen[key].span.line}:{seen[key].span.column}")
             return
         seen[key] = rule
-        out.keeps.append(Keep(concept=name, span=rule.span))
+        out.keeps.append(Keep(concept=name, span=as_span(rule.span)))
         return
 
     spec = PROTOCOLS[proto_name]
@@ -192,16 +169,18 @@ def _check_rule(rule: A.Rule, resolved: Resolved, out: Checked, given: dict, see
     if key in seen:
         first = seen[key]
         same_arg = _arg_value(first.protocol) == _arg_value(rule.protocol)
-        make = warning if same_arg else error
-        code = "W302" if same_arg else "E309"
-        diags.append(make(code, f"{'duplicate' if same_arg else 'conflicting'} '{proto_name}' rule for '{name}'",
-                          rule.span, f"the other is at {first.span.line}:{first.span.column}"))
+        report = diags.warning if same_arg else diags.error
+        report("W302" if same_arg else "E309",
+               f"{'duplicate' if same_arg else 'conflicting'} '{proto_name}' rule for '{name}'",
+               rule.span, f"the other is at {first.span.line}:{first.span.column}")
         return
     seen[key] = rule
-    fields = dict(concept=name, lens=concept.lens.kind, action=action, factor=k, span=rule.span)
-    if spec.arg is not None:
-        fields[spec.arg] = _arg_value(rule.protocol)
-    out.interventions.append(spec.cls(**fields))
+    rid = rule_id(name, proto_name, out.rule_ids)
+    out.rule_ids.add(rid)
+    fields = dict(rule_id=rid, concept=name, lens=concept.lens.kind, action=action, factor=k, span=as_span(rule.span))
+    if spec.argument is not None:
+        fields[spec.argument] = _arg_value(rule.protocol)
+    out.interventions.append(INTERVENTION_CLASSES[proto_name](**fields))
 
 
 def _arg_value(protocol: A.Protocol | None):
@@ -210,34 +189,34 @@ def _arg_value(protocol: A.Protocol | None):
     return protocol.arg.value
 
 
-def _check_arg(spec: ProtocolSpec, name: str, arg, rule: A.Rule, diags: list[Diagnostic]) -> bool:
+def _check_arg(spec: ProtocolInfo, name: str, arg, rule: A.Rule, diags: list[Diagnostic]) -> bool:
     where = rule.protocol.span if rule.protocol else rule.span
-    if spec.arg is None:
+    if spec.argument is None:
         if arg is not None:
-            diags.append(error("E310", f"protocol '{name}' takes no argument", arg.span, f"write 'via {name}'"))
+            diags.error("E310", f"protocol '{name}' takes no argument", arg.span, f"write 'via {name}'")
             return False
         return True
     if arg is None:
-        diags.append(error("E311", f"protocol '{name}' needs an argument", where, spec.arg_help))
+        diags.error("E311", f"protocol '{name}' needs an argument", where, spec.argument_help)
         return False
-    if spec.arg == "text":
+    if spec.argument == "text":
         if not isinstance(arg, A.Str) or not arg.value.strip():
-            diags.append(error("E312", f"protocol '{name}' needs a non-empty quoted instruction", arg.span, spec.arg_help))
+            diags.error("E312", f"protocol '{name}' needs a non-empty quoted instruction", arg.span, spec.argument_help)
             return False
         return True
     if not isinstance(arg, A.Num) or not math.isfinite(arg.value) or arg.value <= 0:
-        diags.append(error("E313", f"protocol '{name}' needs a positive number", arg.span, spec.arg_help))
+        diags.error("E313", f"protocol '{name}' needs a positive number", arg.span, spec.argument_help)
         return False
     return True
 
 
 def _check_value(num: A.Num, diags: list[Diagnostic], fraction: bool) -> bool:
     if not math.isfinite(num.value):
-        diags.append(error("E321", f"{num.text} is not a finite number", num.span, None))
+        diags.error("E321", f"{num.text} is not a finite number", num.span, None)
         return False
     if fraction and not 0 <= num.value <= 1:
-        diags.append(error("E322", f"{num.text} is not a fraction between 0 and 1", num.span,
-                           "pairs and ess are fractions of the usable pairs: write 0.8 for 80%"))
+        diags.error("E322", f"{num.text} is not a fraction between 0 and 1", num.span,
+                           "pairs and ess are fractions of the usable pairs: write 0.8 for 80%")
         return False
     return True
 
@@ -250,23 +229,23 @@ def _check_expectation(st, resolved: Resolved, out: Checked) -> None:
         metric = st.metric.text
         ok = True
         if metric not in CONCEPT_METRICS:
-            diags.append(error("E323", f"unknown concept measure '{metric}'", st.metric.span,
-                               did_you_mean(metric, CONCEPT_METRICS) or "measures: " + ", ".join(CONCEPT_METRICS)))
+            diags.error("E323", f"unknown concept measure '{metric}'", st.metric.span,
+                               did_you_mean(metric, CONCEPT_METRICS) or "measures: " + ", ".join(CONCEPT_METRICS))
             ok = False
         ok = _check_value(st.value, diags, fraction=metric in ("share", "q", "win_rate")) and ok
         if not ok or st.concept.text not in resolved.concepts:
             return
         phase = st.phase.when.text if st.phase else "after"
         out.expectations.append(ConceptExpectation(concept=st.concept.text, metric=metric, op=op,
-                                                   value=st.value.value, phase=phase, text=text, span=st.span))
+                                                   value=st.value.value, phase=phase, text=text, span=as_span(st.span)))
     elif isinstance(st, A.ExpectPairs):
         fate = st.fate.text
         if fate not in FATES:
-            diags.append(error("E324", f"unknown pair fate '{fate}'", st.fate.span,
-                               did_you_mean(fate, FATES) or "fates: " + ", ".join(FATES)))
+            diags.error("E324", f"unknown pair fate '{fate}'", st.fate.span,
+                               did_you_mean(fate, FATES) or "fates: " + ", ".join(FATES))
             return
         if _check_value(st.value, diags, fraction=True):
-            out.expectations.append(PairsExpectation(fate=fate, op=op, value=st.value.value, text=text, span=st.span))
+            out.expectations.append(PairsExpectation(fate=fate, op=op, value=st.value.value, text=text, span=as_span(st.span)))
     else:
         if _check_value(st.value, diags, fraction=True):
-            out.expectations.append(EssExpectation(op=op, value=st.value.value, text=text, span=st.span))
+            out.expectations.append(EssExpectation(op=op, value=st.value.value, text=text, span=as_span(st.span)))

@@ -7,6 +7,7 @@ the same policy compiles to byte-identical output on every run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,6 +38,15 @@ class Span(Frozen):
         if not isinstance(data, dict) and hasattr(data, "end_column"):
             return {f: getattr(data, f) for f in ("file", "line", "column", "end_line", "end_column")}
         return data
+
+
+def as_span(loc) -> Span:
+    """A ``Span`` from the AST's ``Loc`` (or a Span), without validation: the compiler builds one
+    per rule, and a 1 MB policy has tens of thousands."""
+    if loc is None or isinstance(loc, Span):
+        return loc
+    return Span.model_construct(file=loc.file, line=loc.line, column=loc.column, end_line=loc.end_line,
+                                end_column=loc.end_column)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,14 +109,92 @@ class Concept(Frozen):
 # Interventions: one factor realised by one protocol. A tagged union on ``protocol``.
 
 Action = Literal["block", "dampen", "keep", "amplify", "reverse"]
+Stage = Literal["data", "loss", "activation"]
+LensKind = Literal["metric", "lexicon", "probe", "features"]
+
+ALL_LENSES: tuple[str, ...] = ("metric", "lexicon", "probe", "features")
+MODEL_LENSES: tuple[str, ...] = ("probe", "features")
+
+
+@dataclass(frozen=True)
+class ProtocolInfo:
+    """What the language and the runtime know about one protocol: the one table every
+    "which protocols shape data / act on activations" question reads.
+
+    - ``stage``: where the protocol acts — on the pairs before training (``data``), on the loss
+      (``loss``) or on the model's activations during training (``activation``).
+    - ``shapes_data``: True when it changes the pairs' weights, labels or inclusion (data,
+      filter, relabel). Inoculation acts at the data stage but edits prompts, not pairs.
+    - ``argument``: the field of the intervention that holds the protocol's argument
+      (``text``, ``strength``, ``weight``) or None.
+    - ``actions`` / ``lenses``: which actions it can realise and on which kinds of concept.
+    """
+
+    name: str
+    stage: Stage
+    shapes_data: bool
+    argument: str | None = None
+    actions: tuple[str, ...] = ()
+    lenses: tuple[str, ...] = ALL_LENSES
+    argument_help: str = ""
+
+
+PROTOCOLS: dict[str, ProtocolInfo] = {
+    p.name: p
+    for p in (
+        ProtocolInfo("data", "data", True, None, ("block", "dampen", "amplify", "reverse")),
+        ProtocolInfo("filter", "data", True, None, ("block", "dampen", "amplify")),
+        ProtocolInfo("relabel", "data", True, None, ("block", "reverse")),
+        ProtocolInfo("inoculation", "data", False, "text", ("block", "dampen"),
+                     argument_help='the instruction, e.g. via inoculation "You tend to agree with the user."'),
+        ProtocolInfo("loss", "loss", False, None, ("block", "dampen", "amplify", "reverse")),
+        ProtocolInfo("ablation", "activation", False, None, ("block", "dampen"), MODEL_LENSES),
+        ProtocolInfo("steering", "activation", False, "strength", ("block", "dampen"), MODEL_LENSES,
+                     argument_help="the steering strength, e.g. via steering 4.0"),
+        ProtocolInfo("penalty", "loss", False, "weight", ("block", "dampen"), MODEL_LENSES,
+                     argument_help="the penalty weight, e.g. via penalty 0.1"),
+    )
+}
+DEFAULT_PROTOCOL = "data"
+
+# A derived view, kept while the runtime moves to PROTOCOLS: protocol -> stage.
+PROTOCOL_KIND: dict[str, str] = {name: info.stage for name, info in PROTOCOLS.items()}
 
 
 class _Intervention(Frozen):
+    rule_id: str  # stable, unique within a plan: see ``rule_id`` below
     concept: str
-    lens: Literal["metric", "lexicon", "probe", "features"]
+    lens: LensKind
     action: Action
     factor: float  # k: block 0, dampen f, keep 1, amplify f, reverse -1
     span: Span
+
+    @property
+    def info(self) -> ProtocolInfo:
+        return PROTOCOLS[self.protocol]  # type: ignore[attr-defined]
+
+    @property
+    def stage(self) -> Stage:
+        return self.info.stage
+
+    @property
+    def shapes_data(self) -> bool:
+        return self.info.shapes_data
+
+
+def rule_id(concept: str, protocol: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """The rule id of an intervention: ``<concept>/<protocol>``, e.g. ``sycophancy/data``.
+
+    A plan holds at most one intervention per (concept, protocol), so this is unique; should a
+    pair ever repeat, the later ones get ``#2``, ``#3``, ... in source order. It depends only on
+    the policy's meaning, not on line numbers, so reformatting or moving a rule keeps its id.
+    """
+    base = f"{concept}/{protocol}"
+    rid, n = base, 1
+    while rid in taken:
+        n += 1
+        rid = f"{base}#{n}"
+    return rid
 
 
 class DataIntervention(_Intervention):
@@ -144,6 +232,17 @@ class PenaltyIntervention(_Intervention):
     weight: float
 
 
+INTERVENTION_CLASSES: dict[str, type[_Intervention]] = {
+    "data": DataIntervention,
+    "filter": FilterIntervention,
+    "relabel": RelabelIntervention,
+    "inoculation": InoculationIntervention,
+    "loss": LossIntervention,
+    "ablation": AblationIntervention,
+    "steering": SteeringIntervention,
+    "penalty": PenaltyIntervention,
+}
+
 Intervention = Annotated[
     Union[
         DataIntervention,
@@ -157,17 +256,6 @@ Intervention = Annotated[
     ],
     Field(discriminator="protocol"),
 ]
-
-PROTOCOL_KIND = {
-    "data": "data",
-    "filter": "data",
-    "relabel": "data",
-    "inoculation": "data",
-    "loss": "loss",
-    "penalty": "loss",
-    "ablation": "activation",
-    "steering": "activation",
-}
 
 
 class Keep(Frozen):
@@ -245,6 +333,39 @@ class Plan(Frozen):
     interventions: tuple[Intervention, ...]  # in source order
     keeps: tuple[Keep, ...]
     expectations: tuple[Expectation, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_rule_ids(cls, data):
+        """A plan saved before rule ids existed: derive them exactly as the compiler does."""
+        if isinstance(data, dict) and isinstance(data.get("interventions"), (list, tuple)):
+            items = data["interventions"]
+            if any(isinstance(i, dict) and "rule_id" not in i for i in items):
+                taken: set[str] = set()
+                filled = []
+                for i in items:
+                    if isinstance(i, dict) and "rule_id" not in i:
+                        i = {"rule_id": rule_id(str(i.get("concept")), str(i.get("protocol")), taken), **i}
+                    if isinstance(i, dict):
+                        taken.add(i["rule_id"])
+                    filled.append(i)
+                data = {**data, "interventions": filled}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_rule_ids(self):
+        ids = [i.rule_id for i in self.interventions]
+        if len(set(ids)) != len(ids):
+            dup = sorted({r for r in ids if ids.count(r) > 1})
+            raise ValueError(f"rule ids are not unique: {', '.join(dup)}")
+        return self
+
+    def rule(self, rule_id: str):
+        """The intervention with this ``rule_id``."""
+        for i in self.interventions:
+            if i.rule_id == rule_id:
+                return i
+        raise KeyError(rule_id)
 
     def concept(self, name: str) -> Concept:
         for c in self.concepts:

@@ -2,21 +2,21 @@
 content hashes, lens arguments -> validated lenses. Every problem is a diagnostic; nothing raises.
 
 A relative file path is looked up next to the policy file first, then under the library root
-(``specs/``), so ``concepts/x.jsonl`` finds the library's file.
+(``specs/``), so ``concepts/x.jsonl`` finds the library's file; files.py checks every file a
+policy names as data.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ast as A
-from .errors import Diagnostic, did_you_mean, error, warning
+from .errors import Diagnostic, Diagnostics, clip, did_you_mean
+from .files import Found, Problem, allowed_roots, check_content, locate
 from .names import DEFAULT_MODEL, DEFAULT_SAE, LIBRARY_ROOT, METRICS
 from .plan import (
     Concept,
@@ -27,6 +27,7 @@ from .plan import (
     ModelBinding,
     ProbeLens,
     SaeBinding,
+    as_span,
 )
 
 POOLS = ("mean", "max")
@@ -57,9 +58,10 @@ def load_library(root: Path = LIBRARY_ROOT) -> Library:
             lens = MetricLens(metric=entry["metric"])
         else:
             file_path = root / entry["path"]
-            problem, sha = _check_file(str(file_path), kind)
-            if problem:
-                raise ValueError(f"{path}: concept {name}: {problem}")
+            st = os.stat(file_path)
+            sha = check_content(str(file_path), kind, st.st_mtime_ns, st.st_size)
+            if isinstance(sha, Problem):
+                raise ValueError(f"{path}: concept {name}: {entry['path']} {sha.what}")
             ref = FileRef(path=entry["path"], root="library", sha256=sha)
             if kind == "lexicon":
                 lens = LexiconLens(file=ref)
@@ -72,69 +74,6 @@ def load_library(root: Path = LIBRARY_ROOT) -> Library:
 
 
 # ---------------------------------------------------------------------------------------------
-# Files: content hash and a light check of the format
-
-
-def _check_file(path: str, kind: str) -> tuple[str | None, str]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "not found", ""
-    return _check_file_cached(path, kind, st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=256)
-def _check_file_cached(path: str, kind: str, _mtime: int, _size: int) -> tuple[str | None, str]:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return f"cannot be read ({e.strerror})", ""
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return "is not UTF-8 text", sha
-    if kind == "lexicon":
-        entries = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        return (None if entries else "has no entries (one word or phrase a line)"), sha
-    if kind == "probe":
-        pos = neg = 0
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                return f"line {i} is not valid JSON", sha
-            if not isinstance(row, dict):
-                return f"line {i} is not a JSON object", sha
-            pos += isinstance(row.get("positive"), str) and bool(row["positive"].strip())
-            neg += isinstance(row.get("negative"), str) and bool(row["negative"].strip())
-        if pos == 0 or neg == 0:
-            return 'needs exemplar lines {"prompt": ..., "positive": ..., "negative": ...}', sha
-        return None, sha
-    return None, sha
-
-
-def _locate(written: str, policy_path: str, library_root: Path) -> tuple[Path | None, str, list[str]]:
-    """Find a file named in a policy: next to the policy first, then under the library root.
-    Returns (full path or None, root, the folders looked in)."""
-    p = Path(written)
-    if p.is_absolute():
-        candidates = [(p, "policy")]
-    else:
-        candidates = [(library_root / p, "library")]
-        if policy_path and not policy_path.startswith("<"):
-            candidates.insert(0, (Path(policy_path).parent / p, "policy"))
-    for full, root in candidates:
-        if full.is_file():
-            return full, root, []
-    return None, "", [
-        "the concept library (specs/)" if root == "library" else str(full.parent) + os.sep for full, root in candidates
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -144,12 +83,15 @@ class Resolved:
     model: ModelBinding
     sae: SaeBinding
     concepts: dict[str, Concept]  # every concept the policy defines or uses
-    diagnostics: list[Diagnostic] = field(default_factory=list)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
 
 
-def resolve(file: A.PolicyFile, library: Library | None = None) -> Resolved:
+def resolve(file: A.PolicyFile, library: Library | None = None, unknown_ok: frozenset[str] = frozenset()) -> Resolved:
+    """``unknown_ok``: names not to report as unknown (after a syntax error, the words of the
+    statements that did not parse: one of them may define the name)."""
     library = library or load_library()
-    diags: list[Diagnostic] = []
+    ctx = _Context(file.path, library.root, allowed_roots(file.path, library.root))
+    diags = Diagnostics()
     singles: dict[type, A.Statement] = {}
     defined: dict[str, A.ConceptDef] = {}
     concepts: dict[str, Concept] = {}
@@ -159,20 +101,20 @@ def resolve(file: A.PolicyFile, library: Library | None = None) -> Resolved:
             first = singles.get(type(st))
             if first is not None:
                 word = {A.PolicyDecl: "policy", A.ModelDecl: "model", A.SaeDecl: "sae"}[type(st)]
-                diags.append(error("E202", f"a second '{word}' statement", st.span,
+                diags.error("E202", f"a second '{word}' statement", st.span,
                                    f"a policy has one '{word}' statement; the first is at "
-                                   f"{first.span.line}:{first.span.column}"))
+                                   f"{first.span.line}:{first.span.column}")
             else:
                 singles[type(st)] = st
         elif isinstance(st, A.ConceptDef):
             name = st.name.text
             if name in defined:
                 first = defined[name].span
-                diags.append(error("E203", f"concept '{name}' is defined twice", st.name.span,
-                                   f"the first definition is at {first.line}:{first.column}; remove or rename one"))
+                diags.error("E203", f"concept '{name}' is defined twice", st.name.span,
+                                   f"the first definition is at {first.line}:{first.column}; remove or rename one")
                 continue
             defined[name] = st
-            concept = _concept_from_def(st, file.path, library.root, diags)
+            concept = _concept_from_def(st, ctx, diags)
             if concept is not None:
                 concepts[name] = concept
 
@@ -184,12 +126,17 @@ def resolve(file: A.PolicyFile, library: Library | None = None) -> Resolved:
         if ref.text in library.concepts:
             concepts.setdefault(ref.text, library.concepts[ref.text])
             continue
+        if ref.text in unknown_ok:
+            continue
+        if diags.full("E201"):
+            diags.count("E201", "error")
+            continue
         what = "an expectation names an undefined concept" if isinstance(st, A.ExpectConcept) else "unknown concept"
         hint = did_you_mean(ref.text, known) or (
-            f"define it ('concept {ref.text} = metric length;') or use one from the library: "
+            f"define it ('concept {clip(ref.text)} = metric length;') or use one from the library: "
             + ", ".join(sorted(library.concepts))
         )
-        diags.append(error("E201", f"{what} '{ref.text}'", ref.span, hint))
+        diags.error("E201", f"{what} '{clip(ref.text)}'", ref.span, hint)
 
     model_decl = singles.get(A.ModelDecl)
     sae_decl = singles.get(A.SaeDecl)
@@ -201,18 +148,18 @@ def resolve(file: A.PolicyFile, library: Library | None = None) -> Resolved:
             if model_decl.layer.is_int and model_decl.layer.value >= 0:
                 layer = int(model_decl.layer.value)
             else:
-                diags.append(error("E204", f"layer must be a non-negative integer, not {model_decl.layer.text}",
-                                   model_decl.layer.span, "layers count from 0 (the first decoder block)"))
+                diags.error("E204", f"layer must be a non-negative integer, not {model_decl.layer.text}",
+                                   model_decl.layer.span, "layers count from 0 (the first decoder block)")
         if not model_decl.name.value.strip():
-            diags.append(error("E205", "the model name is empty", model_decl.name.span,
-                               f"name a model folder or '{DEFAULT_MODEL}'"))
-        model = ModelBinding(name=model_decl.name.value, layer=layer, span=model_decl.span)
+            diags.error("E205", "the model name is empty", model_decl.name.span,
+                               f"name a model folder or '{DEFAULT_MODEL}'")
+        model = ModelBinding(name=model_decl.name.value, layer=layer, span=as_span(model_decl.span))
     sae = SaeBinding(name=DEFAULT_SAE)
     if sae_decl is not None:
         if not sae_decl.name.value.strip():
-            diags.append(error("E205", "the SAE name is empty", sae_decl.name.span,
-                               f"name an SAE folder or '{DEFAULT_SAE}'"))
-        sae = SaeBinding(name=sae_decl.name.value, span=sae_decl.span)
+            diags.error("E205", "the SAE name is empty", sae_decl.name.span,
+                               f"name an SAE folder or '{DEFAULT_SAE}'")
+        sae = SaeBinding(name=sae_decl.name.value, span=as_span(sae_decl.span))
     policy = policy_decl.name.value if policy_decl is not None else None
     return Resolved(file, policy, model, sae, dict(sorted(concepts.items())), diags)
 
@@ -222,54 +169,72 @@ def _pool(node: A.Pool | None, default: str, diags: list[Diagnostic]) -> str:
         return default
     mode = node.mode.text
     if mode not in POOLS:
-        diags.append(error("E206", f"unknown pooling '{mode}'", node.mode.span,
-                           did_you_mean(mode, POOLS) or "pool is 'mean' or 'max'"))
+        diags.error("E206", f"unknown pooling '{mode}'", node.mode.span,
+                           did_you_mean(mode, POOLS) or "pool is 'mean' or 'max'")
         return default
     return mode
 
 
-def _concept_from_def(st: A.ConceptDef, policy_path: str, library_root: Path, diags: list[Diagnostic]) -> Concept | None:
+@dataclass
+class _Context:
+    """What resolving files needs: where the policy is, the library, the allowed roots, and the
+    files already resolved in this policy (a name repeated 40,000 times is checked once)."""
+
+    policy_path: str
+    library_root: Path
+    roots: tuple[str, ...]
+    seen: dict = field(default_factory=dict)
+
+
+def _file_ref(node: A.Str, kind: str, ctx: _Context, diags: Diagnostics) -> FileRef | None:
+    """The FileRef of a file a policy names, or None after a diagnostic (files.py lists them)."""
+    written = node.value
+    key = (written, kind)
+    found = ctx.seen.get(key)
+    if found is None:
+        found = ctx.seen[key] = locate(written, ctx.policy_path, ctx.library_root, ctx.roots, kind)
+    if isinstance(found, Found):
+        return FileRef(path=written, root=found.root, sha256=found.sha256)
+    if isinstance(found, Problem):
+        diags.error(found.code, f"{kind} file '{clip(written)}' {found.what}", node.span, found.hint)
+    else:
+        diags.error("E209", f"{kind} file '{clip(written)}' not found", node.span, "looked in " + " and ".join(found))
+    return None
+
+
+def _concept_from_def(st: A.ConceptDef, ctx: _Context, diags: Diagnostics) -> Concept | None:
     lens = st.lens
     name = st.name.text
-    n_before = len(diags)
+    n_errors = diags.errors
     if isinstance(lens, A.MetricLens):
         metric = lens.metric.text
         if metric not in METRICS:
-            diags.append(error("E207", f"unknown metric '{metric}'", lens.metric.span,
-                               did_you_mean(metric, METRICS) or "metrics: " + ", ".join(METRICS)))
+            diags.error("E207", f"unknown metric '{metric}'", lens.metric.span,
+                               did_you_mean(metric, METRICS) or "metrics: " + ", ".join(METRICS))
             return None
         built = MetricLens(metric=metric)
     elif isinstance(lens, A.FeaturesLens):
         latents: list[int] = []
         for num in lens.latents:
             if not num.is_int or num.value < 0:
-                diags.append(error("E208", f"latent ids are non-negative integers, not {num.text}", num.span,
-                                   "write the SAE latent indices, e.g. 'features 1203, 877'"))
+                diags.error("E208", f"latent ids are non-negative integers, not {num.text}", num.span,
+                                   "write the SAE latent indices, e.g. 'features 1203, 877'")
             else:
                 latents.append(int(num.value))
         if len(set(latents)) != len(latents):
-            diags.append(warning("W201", f"concept '{name}' lists a latent more than once", lens.span,
-                                 "each latent counts once"))
+            diags.warning("W201", f"concept '{name}' lists a latent more than once", lens.span,
+                                 "each latent counts once")
         pool = _pool(lens.pool, "max", diags)
-        if len(diags) > n_before and any(d.is_error for d in diags[n_before:]):
+        if diags.errors > n_errors:
             return None
         built = FeaturesLens(latents=tuple(dict.fromkeys(latents)), pool=pool)
     else:  # lexicon or probe: a file
         kind = "lexicon" if isinstance(lens, A.LexiconLens) else "probe"
-        written = lens.path.value
-        full, root, looked = _locate(written, policy_path, library_root)
-        if full is None:
-            diags.append(error("E209", f"{kind} file '{written}' not found", lens.path.span,
-                               "looked in " + " and ".join(looked)))
+        ref = _file_ref(lens.path, kind, ctx, diags)
+        if ref is None:
             return None
-        problem, sha = _check_file(str(full), kind)
-        if problem:
-            diags.append(error("E210", f"{kind} file '{written}' {problem}", lens.path.span,
-                               "see docs/language.md for the file formats"))
-            return None
-        ref = FileRef(path=written, root=root, sha256=sha)
         if kind == "lexicon":
             built = LexiconLens(file=ref)
         else:
             built = ProbeLens(file=ref, pool=_pool(lens.pool, "mean", diags))
-    return Concept(name=name, lens=built, origin="policy", span=st.span)
+    return Concept(name=name, lens=built, origin="policy", span=as_span(st.span))

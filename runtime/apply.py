@@ -14,33 +14,27 @@ Output folder::
     plan.json                        the compiled plan
     outcome.json                     the dry run's document (as ``ethos plan --json``)
     train.json                       the training config ``ethos train`` reads
+    ethos-complete.json              written last: the folder is complete (each file's size and
+                                     sha256); ``ethos train`` refuses a folder without it
+                                     (:mod:`ethos.runtime.outputs`)
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ethos.compiler.plan import PROTOCOL_KIND, dump_plan
+from ethos.compiler.plan import dump_plan
 
-from .io import atomic_write_bytes, atomic_write_text
-from .planner import FORMAT, PlanError, _data_args, _fail, dry_run
+from .documents import FATES, TRAIN_CONFIG_FORMAT
+from .interventions import in_training, rule_text
+from .outputs import FolderWriter, IncompleteOutput, check_complete
+from .settings import TRAIN_CONFIG_DEFAULTS
 
-
-def register(subparsers) -> None:
-    s = subparsers.add_parser(
-        "apply", help="write the shaped dataset and a training config",
-        description="Apply a policy (or a plan saved by `ethos plan --save`, on the same data) to preference "
-                    "data: writes dataset.parquet/jsonl (trl format with weight, margin_offset, inoculation), "
-                    "accounting.jsonl (every input row's fate), plan.json, outcome.json and train.json.")
-    s.add_argument("policy", metavar="POLICY|PLANFILE")
-    _data_args(s)
-    s.add_argument("--out", required=True, metavar="DIR")
-    s.set_defaults(func=run_apply)
+FILES = ("dataset.parquet", "dataset.jsonl", "accounting.jsonl", "plan.json", "outcome.json", "train.json")
 
 
 def shaped_tables(outcome, data):
@@ -113,9 +107,7 @@ def shaped_tables(outcome, data):
     for e in data.exclusions:
         reason[e.row], detail[e.row] = e.reason, e.detail
     fate[row_of] = sim.fate
-    decided = sim.decided_by.copy()
-    decided[(decided == "") & (sim.fate == "kept")] = "unchanged"
-    reason[row_of] = decided
+    reason[row_of] = _reasons(outcome.plan, sim)
     detail[row_of] = ""
     acc_w[row_of], acc_copies[row_of], acc_swapped[row_of], acc_inoc[row_of] = weight, copies, swapped, inoc
     accounting = pa.table({
@@ -126,18 +118,31 @@ def shaped_tables(outcome, data):
     return dataset, accounting
 
 
-def _jsonl(table) -> str:
+def _reasons(plan, sim) -> np.ndarray:
+    """Per usable pair, the text of the rule that decided its fate ("unchanged" for a kept pair no
+    rule touched; "" for one a rule touched below the reweighting tolerance)."""
+    texts = {i.rule_id: rule_text(i) for i in plan.interventions}
+    ids, inverse = np.unique(sim.decided_by.astype(str), return_inverse=True)
+    out = np.array([texts.get(r, r) for r in ids], dtype=object)[inverse.reshape(-1)]
+    out[(sim.decided_by == "") & (sim.fate == "kept")] = "unchanged"
+    return out
+
+
+def jsonl_text(table) -> str:
     """Arrow table → JSON Lines text (pandas' C writer; nested lists of messages stay nested)."""
     text = table.to_pandas().to_json(orient="records", lines=True, force_ascii=False)
     return text if text.endswith("\n") or not text else text + "\n"
 
 
 def train_config(outcome, prep) -> dict[str, Any]:
+    """The training config ``ethos train`` reads (train.json in the apply folder): the plan's model,
+    layer and SAE, each concept's α and scale, the interventions the trainer realises, and the
+    training defaults."""
     plan = prep.plan
     stats = {c.name: c for c in outcome.before.concepts}
     meta = prep.table.attrs.get("ethos", {})
     return {
-        "format": FORMAT,
+        "format": TRAIN_CONFIG_FORMAT,
         "plan": "plan.json",
         "dataset": "dataset.parquet",
         "model": plan.model.name,
@@ -148,43 +153,60 @@ def train_config(outcome, prep) -> dict[str, Any]:
         "concepts": {n: {"alpha": stats[n].alpha, "scale": stats[n].scale} for n in stats},
         "training_interventions": [
             i.model_dump(mode="json", exclude={"span"}) | {"line": i.span.line}
-            for i in plan.interventions
-            if PROTOCOL_KIND[i.protocol] == "activation" or i.protocol == "penalty"
+            for i in plan.interventions if in_training(i)
         ],
-        "defaults": {"beta": 0.1, "learning_rate": 2e-4, "lora": True, "lora_r": 16, "max_length": 256},
+        "defaults": dict(TRAIN_CONFIG_DEFAULTS),
     }
 
 
-def run_apply(args) -> int:
+def fate_counts(accounting) -> dict[str, int]:
+    """How many input rows ended in each fate (the accounting table's "fate" column)."""
+    col = accounting.column("fate").to_numpy(zero_copy_only=False)
+    return {f: int(np.count_nonzero(col == f)) for f in FATES}
+
+
+def write_folder(out: Path, *, dataset, accounting, plan, document: dict[str, Any], config: dict[str, Any]) -> None:
+    """Write an apply folder (see the module docstring): every file atomically, the completion
+    marker last (one file at a time, so memory holds one file's bytes)."""
     import io
 
     import pyarrow.parquet as pq
 
-    if args.limit is not None and args.limit < 1:
-        return _fail("apply", "--limit must be a positive integer", 2)
-    out = Path(args.out)
+    with FolderWriter(out, "apply", names=FILES) as w:
+        buf = io.BytesIO()
+        pq.write_table(dataset, buf)
+        w.write("dataset.parquet", buf.getvalue())
+        del buf
+        w.write("dataset.jsonl", jsonl_text(dataset))
+        w.write("accounting.jsonl", jsonl_text(accounting))
+        w.write("plan.json", dump_plan(plan))
+        w.write("outcome.json", json.dumps(document, indent=2) + "\n")
+        w.write("train.json", json.dumps(config, indent=2) + "\n")
+
+
+def read_folder(folder: Path) -> tuple[Any, dict[str, Any], Any]:
+    """An apply folder, read once: ``(plan, train config, dataset as an Arrow table)``. A folder
+    whose ``ethos apply`` did not finish (no completion marker) is refused."""
+    import pyarrow.parquet as pq
+
+    from ethos.compiler.plan import load_plan
+
+    from .planner import PlanError
+
+    for name in ("train.json", "plan.json", "dataset.parquet"):
+        if not (folder / name).is_file():
+            if (folder / name).exists() or not any((folder / n).exists() for n in FILES):
+                raise PlanError(f"{folder} is not an `ethos apply` output folder (no {name})")
+            raise PlanError(f"{folder} is incomplete: an `ethos apply` into it did not finish (no {name}); "
+                            f"run `ethos apply` into it again")
     try:
-        prep, outcome = dry_run(args, progress=sys.stderr.isatty())
-    except PlanError as e:
-        return _fail("apply", str(e))
-    except KeyboardInterrupt:
-        return _fail("apply", "interrupted before anything was written; rerun to resume", 130)
-    dataset, accounting = shaped_tables(outcome, prep.data)
-    assert accounting.num_rows == prep.data.input_rows
-    if dataset.num_rows == 0:
-        return _fail("apply", "the plan leaves no pair in the dataset; nothing written")
-    buf = io.BytesIO()
-    pq.write_table(dataset, buf)
-    atomic_write_bytes(out / "dataset.parquet", buf.getvalue())
-    atomic_write_text(out / "dataset.jsonl", _jsonl(dataset))
-    atomic_write_text(out / "accounting.jsonl", _jsonl(accounting))
-    atomic_write_text(out / "plan.json", dump_plan(prep.plan))
-    doc = outcome.to_dict()
-    doc["data"] = {"source": prep.data_source, "fingerprint": prep.data.fingerprint, "limit": args.limit}
-    atomic_write_text(out / "outcome.json", json.dumps(doc, indent=2) + "\n")
-    atomic_write_text(out / "train.json", json.dumps(train_config(outcome, prep), indent=2) + "\n")
-    fate_col = accounting.column("fate").to_numpy(zero_copy_only=False)
-    fates = {f: int(np.count_nonzero(fate_col == f)) for f in ("kept", "reweighted", "relabelled", "excluded")}
-    print(f"wrote {dataset.num_rows:,} training rows from {prep.data.input_rows:,} input rows to {out} "
-          f"({', '.join(f'{v:,} {k}' for k, v in fates.items())}); ESS {outcome.sim.ess:,.0f}")
-    return 0
+        check_complete(folder, "apply")
+    except IncompleteOutput as e:
+        raise PlanError(str(e)) from None
+    try:
+        plan = load_plan((folder / "plan.json").read_text(encoding="utf-8"))
+        config = json.loads((folder / "train.json").read_text(encoding="utf-8"))
+        table = pq.read_table(folder / "dataset.parquet")
+    except (ValueError, OSError) as e:
+        raise PlanError(f"{folder}: {e}") from e
+    return plan, config, table

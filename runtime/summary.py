@@ -5,15 +5,18 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ethos.compiler.plan import PROTOCOL_KIND, Plan
+from ethos.compiler.plan import Plan
 
 
 def _via(i) -> str:
-    text = getattr(i, "text", "")
-    text = text if len(text) <= 24 else text[:21] + "..."
-    arg = {"inoculation": lambda: f' "{text}"', "steering": lambda: f" {i.strength:g}",
-           "penalty": lambda: f" {i.weight:g}"}.get(i.protocol, lambda: "")()
-    return f"{i.protocol}{arg} ({PROTOCOL_KIND[i.protocol]})"
+    """``protocol [argument] (stage)``; the protocol table names the argument's field."""
+    field = i.info.argument
+    value = getattr(i, field) if field else None
+    if isinstance(value, str):
+        arg = f' "{value if len(value) <= 24 else value[:21] + "..."}"'
+    else:
+        arg = "" if value is None else f" {value:g}"
+    return f"{i.protocol}{arg} ({i.stage})"
 
 
 def print_plan_summary(plan: Plan, console: Console | None = None) -> None:

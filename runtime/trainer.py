@@ -1,11 +1,15 @@
-"""DPO under a plan: a small subclass of trl's ``DPOTrainer`` (trl pinned to 1.16).
+"""Preference training under a plan: a small subclass of trl's ``DPOTrainer`` (trl pinned to 1.16),
+and the activation hooks it shares with the reward-model trainer (:mod:`ethos.runtime.reward`).
 
 What it adds to plain DPO (docs/protocols.md has the formulas and the reasoning):
 
 - **per-pair weights and margin offsets** (``weight`` and ``margin_offset`` columns of ``ethos
-  apply``'s dataset): per pair i, ``loss_i = w_i · −log σ(h_i + o_i)`` with
-  ``h_i = β·((log π − log π_ref)(chosen) − (log π − log π_ref)(rejected))``; the batch loss is
-  the mean of ``loss_i`` over the batch (a pair with ``w_i = 0`` gets no gradient);
+  apply``'s dataset): per pair i, ``loss_i = w_i · f(m_i + o_i)`` where ``m_i`` is the loss's
+  margin in logits (``β·Δ_i`` for sigmoid DPO, with ``Δ_i`` the difference of the chosen and
+  rejected log-ratios against the reference) and ``f`` the loss's per-pair function
+  (:mod:`ethos.runtime.losses`: sigmoid, hinge, ipo, sigmoid_norm, robust, exo_pair, discopop,
+  simpo); the batch loss is the mean of ``loss_i`` over the batch (a pair with ``w_i = 0`` gets
+  no gradient);
 - **ablation** (``via ablation``): ``x ← x − (1−k)·D(Dᵀx)`` on the residual stream after block
   ``layer`` (D: orthonormal rows, the unit probe direction or the QR-orthonormalised SAE decoder
   rows);
@@ -16,18 +20,21 @@ What it adds to plain DPO (docs/protocols.md has the formulas and the reasoning)
 The activation hooks act only while a training step runs *with gradients enabled*: not in the
 reference pass (trl runs it under ``torch.no_grad``; with LoRA it goes through the same modules
 with the adapter disabled), not in evaluation, not in ``generate``. The first position (the
-attention sink) is left alone.
+attention sink) is left alone. Directions live on the model's device (moved once when the
+trainer is built) and take the activations' dtype.
 
 How it hooks into trl 1.16 (see :data:`TRL_SERIES`; ``tests/runtime/test_trainer.py`` fails
 loudly if trl changes these):
 
 - ``compute_loss`` (public) calls ``super().compute_loss`` and then *recomputes* the per-pair
-  sigmoid loss from the per-token log-probabilities trl's fused LM head returned for the policy
-  and reference forwards (captured with a forward hook on the model trl calls), so trl's own
-  loss, metrics and reference handling stay untouched. Every step checks that the recomputed
-  unshaped loss equals the loss trl returned; a mismatch (a trl change) raises.
+  loss from the per-token log-probabilities trl's fused LM head returned for the policy and
+  reference forwards (captured with a forward hook on the model trl calls), so trl's own loss,
+  metrics and reference handling stay untouched. Every step checks that the recomputed unshaped
+  loss equals the loss trl returned; a mismatch (a trl change) raises.
 - ``training_step`` (public) arms the activation hooks for the step (forward and backward, so a
   gradient-checkpointing recompute sees the same edits).
+- ``compute_ref_log_probs`` (public) returns zeros for a reference-free loss (SimPO), with
+  ``precompute_ref_log_probs`` on, so trl runs no reference forward at all.
 - ``_set_signature_columns_if_needed`` (private; guarded) keeps the per-pair columns, and the
   collator is replaced by :class:`ShapingCollator`, a subclass of trl's
   ``DataCollatorForPreference`` that carries them to ``compute_loss``.
@@ -40,23 +47,31 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from . import losses as L
+from .errors import EthosError
+from .interventions import in_training
+from .settings import TrainSettings
 
 TRL_SERIES = "1.16"
 WEIGHT_COLUMN, OFFSET_COLUMN = "weight", "margin_offset"
-_W, _O = "ethos_weight", "ethos_margin_offset"  # the batch keys the collator adds
+BATCH_WEIGHT, BATCH_OFFSET = "ethos_weight", "ethos_margin_offset"  # the batch keys the collator adds
 
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 from trl.trainer.dpo_trainer import DataCollatorForPreference  # noqa: E402
 
 
-class TrainerError(Exception):
+class TrainerError(EthosError):
     """A training run cannot be set up as asked; the message is meant for the user."""
+
+
+# The training-time protocols this trainer realises (``interventions.in_training``).
+RULE_PROTOCOLS = ("ablation", "steering", "penalty")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +88,7 @@ class ActivationRule:
     directions: torch.Tensor  # (m, d_model): orthonormal rows (ablation) / unit rows
     amount: float = 0.0  # steering strength s or penalty weight λ
     line: int | None = None
+    rule_id: str | None = None
 
     @property
     def unit(self) -> torch.Tensor:
@@ -81,7 +97,8 @@ class ActivationRule:
         return v / v.norm().clamp_min(1e-12)
 
 
-def _orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
+def orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis (rows) of the span of ``rows`` (QR; dependent rows dropped)."""
     q, r = torch.linalg.qr(rows.T.to(torch.float32))  # (d, m)
     keep = r.diagonal().abs() > 1e-6 * r.diagonal().abs().max().clamp_min(1e-12)
     return q[:, keep].T.contiguous()
@@ -94,8 +111,8 @@ def concept_directions(plan: Any, model: Any, tokenizer: Any, layer: int, *, con
     direction (computed with the plan's exemplars, or read from the probe cache), a features
     concept its SAE decoder rows ``W_dec[latents]`` orthonormalised with QR (m ≤ #latents)."""
     from .lenses import LensContext, build_lens
-    from .lenses.features import resolve_sae
-    from .model import Encoder, ModelRuntime
+    from .model import model_runtime
+    from .sae import load_sae
 
     wanted = set(concepts) if concepts is not None else None
     out: dict[str, torch.Tensor] = {}
@@ -110,36 +127,43 @@ def concept_directions(plan: Any, model: Any, tokenizer: Any, layer: int, *, con
                 base = model.get_base_model() if hasattr(model, "get_base_model") else model
                 was_training = base.training
                 base.eval()
-                encoder = Encoder(base, layer, pad_id=tokenizer.pad_token_id)
                 context.tokenizer = tokenizer
-                context.runtime = ModelRuntime(encoder, tokenizer, context.model_fingerprint, model_name or "model")
+                context.runtime = model_runtime(base, layer=layer, tokenizer=tokenizer,
+                                                fingerprint=context.model_fingerprint, name=model_name or "model")
                 base.train(was_training)
             lens = build_lens(c, context)
             lens.prepare(context)
             out[c.name] = torch.from_numpy(lens.direction.copy()).float()[None, :]
         elif c.lens.kind == "features":
-            from sae_lens import SAE
-
-            sae = SAE.load_from_disk(resolve_sae(plan.sae.name), device="cpu")
+            sae = load_sae(plan.sae.name, device="cpu")
             rows = sae.W_dec.detach()[list(c.lens.latents)].float()
-            out[c.name] = _orthonormal_rows(rows)
+            out[c.name] = orthonormal_rows(rows)
     return out
 
 
-def rules_from_interventions(interventions: Sequence[Mapping[str, Any]],
-                             directions: Mapping[str, torch.Tensor]) -> list[ActivationRule]:
-    """The training-time rules from ``train.json``'s ``training_interventions`` (or a plan's
-    interventions as dicts)."""
+def rules_from_plan(plan: Any, directions: Mapping[str, torch.Tensor]) -> list[ActivationRule]:
+    """The trainer's rules: one per intervention of ``plan`` realised in training
+    (:func:`~ethos.runtime.interventions.in_training`: ablation, steering, penalty), with its
+    concept's directions and its argument (the steering strength or the penalty weight; the
+    protocol table names the field)."""
     rules = []
-    for i in interventions:
-        proto = i["protocol"]
-        if proto not in ("ablation", "steering", "penalty"):
+    for i in plan.interventions:
+        if not in_training(i):
             continue
-        if i["concept"] not in directions:
-            raise TrainerError(f"concept {i['concept']!r} ({proto}) has no direction: it needs a probe or features lens")
-        amount = float(i.get("strength", 0.0) if proto == "steering" else i.get("weight", 0.0) if proto == "penalty" else 0.0)
-        rules.append(ActivationRule(proto, i["concept"], float(i["factor"]), directions[i["concept"]], amount, i.get("line")))
+        if i.protocol not in RULE_PROTOCOLS:
+            raise TrainerError(f"this trainer cannot realise `via {i.protocol}` (line {i.span.line})")
+        if i.concept not in directions:
+            raise TrainerError(f"concept {i.concept!r} ({i.protocol}) has no direction: it needs a probe or features lens")
+        argument = i.info.argument
+        amount = float(getattr(i, argument)) if argument else 0.0
+        rules.append(ActivationRule(i.protocol, i.concept, float(i.factor), directions[i.concept], amount,
+                                    i.span.line, i.rule_id))
     return rules
+
+
+def rule_concepts(plan: Any) -> list[str]:
+    """The concepts whose directions the trainer's rules need, sorted."""
+    return sorted({i.concept for i in plan.interventions if in_training(i)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,14 +176,15 @@ class ShapingCollator(DataCollatorForPreference):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         out = super().torch_call(examples)
-        out[_W] = torch.tensor([float(e.get(WEIGHT_COLUMN, 1.0) if e.get(WEIGHT_COLUMN) is not None else 1.0)
-                                for e in examples], dtype=torch.float32)
-        out[_O] = torch.tensor([float(e.get(OFFSET_COLUMN, 0.0) or 0.0) for e in examples], dtype=torch.float32)
+        out[BATCH_WEIGHT] = torch.tensor([1.0 if e.get(WEIGHT_COLUMN) is None else float(e[WEIGHT_COLUMN])
+                                          for e in examples], dtype=torch.float32)
+        out[BATCH_OFFSET] = torch.tensor([float(e.get(OFFSET_COLUMN) or 0.0) for e in examples],
+                                         dtype=torch.float32)
         return out
 
 
 # ---------------------------------------------------------------------------------------------
-# The trainer
+# The activation hooks (shared with the reward-model trainer)
 
 
 def _decoder_layers(model: Any):
@@ -170,60 +195,41 @@ def _decoder_layers(model: Any):
     raise TrainerError(f"{type(m).__name__} has no decoder layers")
 
 
-class ShapedDPOTrainer(DPOTrainer):
-    """``DPOTrainer`` with a plan's per-pair weights, margin offsets and activation rules."""
+def model_device(model: Any) -> torch.device:
+    """The device of the model's parameters (the first one's)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
 
-    def __init__(self, *args: Any, rules: Sequence[ActivationRule] = (), layer: int | None = None, **kwargs: Any):
-        import trl
 
-        if not trl.__version__.startswith(TRL_SERIES):
-            raise TrainerError(f"ethos's trainer is written for trl {TRL_SERIES}.x, found trl {trl.__version__}")
-        super().__init__(*args, **kwargs)
-        if list(self.loss_types) != ["sigmoid"] or list(self.loss_weights) != [1.0] or self.ld_alpha is not None \
-                or self.use_weighting or self.f_divergence_type != "reverse_kl" or self.aux_loss_enabled:
-            raise TrainerError("ethos shapes the standard sigmoid DPO loss only (loss_type='sigmoid', reverse KL, "
-                               "no ld_alpha, no WPO weighting)")
-        if type(self.data_collator) is DataCollatorForPreference:
-            self.data_collator = ShapingCollator(**{f.name: getattr(self.data_collator, f.name)
-                                                    for f in dataclasses.fields(DataCollatorForPreference)})
-        self.rules = list(rules)
-        if self.rules and layer is None:
+class ActivationHooks:
+    """Mixin for a trl trainer: the plan's activation rules as a forward hook on decoder block
+    ``layer``, armed only inside ``training_step`` with gradients enabled. Call
+    :meth:`_install_rules` after the trainer's ``__init__`` (the model is then on its device)."""
+
+    def _install_rules(self, rules: Sequence[ActivationRule], layer: int | None) -> None:
+        if rules and layer is None:
             raise TrainerError("activation rules need a layer")
+        device = model_device(self.model)
+        # the directions live on the model's device from now on (the caller's rules are not changed)
+        self.rules = [dataclasses.replace(r, directions=r.directions.to(device)) for r in rules]
         self.layer = layer
         self._armed = False
-        self._captured: list[Any] = []
-        self._capturing = False
         self._resid: torch.Tensor | None = None
         self._want_resid = False
         self._removed: list[torch.Tensor] = []
         self.hook_calls = {"applied": 0, "skipped": 0}
-        self.last_outputs: list[Any] = []  # the captured forward outputs of the last compute_loss (tests)
-        self._handles = [self.model.register_forward_hook(self._capture_hook, with_kwargs=True)]
-        if self.ref_model is not None:
-            self._handles.append(self.ref_model.register_forward_hook(self._capture_hook, with_kwargs=True))
+        self._handles: list[Any] = getattr(self, "_handles", [])
         if self.rules:
             block = _decoder_layers(self.model)[layer]
             self._handles.append(block.register_forward_hook(self._residual_hook))
-        self._steer: torch.Tensor | None = None
         steer = [r for r in self.rules if r.protocol == "steering"]
-        if steer:
-            self._steer = sum((1.0 - r.factor) * r.amount * r.unit for r in steer)
+        self._steer = sum((1.0 - r.factor) * r.amount * r.unit for r in steer) if steer else None
         # fixed for the run: not recomputed per step
         self._penalties = [r for r in self.rules if r.protocol == "penalty"]
         self._has_ablation = any(r.protocol == "ablation" for r in self.rules)
         self._steer_norm = float(self._steer.norm()) if self._steer is not None else None
-
-    # -- trl's column handling (private, guarded by a test) ------------------------------------
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        for col in (WEIGHT_COLUMN, OFFSET_COLUMN):
-            if col not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, col]
-
-    # -- hooks ---------------------------------------------------------------------------------
-    def _capture_hook(self, module, args, kwargs, output):
-        if self._capturing and kwargs.get("fused_lm_head"):
-            self._captured.append(output)
 
     def _residual_hook(self, module, args, output):
         if not (self._armed and torch.is_grad_enabled()):
@@ -245,12 +251,17 @@ class ShapedDPOTrainer(DPOTrainer):
             self._resid = h
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
+    def _log_rule_metrics(self, m: Mapping[str, list]) -> None:
+        if self._has_ablation and self._removed:
+            m["ethos/ablation_norm_removed"].append(float(torch.stack(self._removed).mean()))
+        if self._steer_norm is not None:
+            m["ethos/steering_norm"].append(self._steer_norm)
+
     def remove_hooks(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
 
-    # -- public hooks --------------------------------------------------------------------------
     def training_step(self, *args, **kwargs):
         self._armed = True
         try:
@@ -258,11 +269,74 @@ class ShapedDPOTrainer(DPOTrainer):
         finally:
             self._armed = False
 
+
+def check_trl() -> None:
+    import trl
+
+    if not trl.__version__.startswith(TRL_SERIES):
+        raise TrainerError(f"ethos's trainer is written for trl {TRL_SERIES}.x, found trl {trl.__version__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The DPO trainer
+
+
+class ShapedDPOTrainer(ActivationHooks, DPOTrainer):
+    """``DPOTrainer`` with a plan's per-pair weights, margin offsets and activation rules, for any
+    loss of :data:`ethos.runtime.losses.LOSSES` (``loss``; its trl loss type must be the
+    config's ``loss_type``)."""
+
+    def __init__(self, *args: Any, rules: Sequence[ActivationRule] = (), layer: int | None = None,
+                 loss: str = "sigmoid", simpo_gamma: float = 0.0, **kwargs: Any):
+        check_trl()
+        # set before trl's __init__: it may call compute_ref_log_probs (precomputed reference)
+        self.ethos_loss = L.LOSSES.get(loss) or L.check_loss(loss)
+        self.simpo_gamma = float(simpo_gamma) if self.ethos_loss.name == "simpo" else 0.0
+        super().__init__(*args, **kwargs)
+        info = self.ethos_loss
+        if list(self.loss_types) != [info.trl_type] or list(self.loss_weights) != [1.0] \
+                or self.ld_alpha is not None or self.use_weighting or self.f_divergence_type != "reverse_kl" \
+                or self.aux_loss_enabled:
+            raise TrainerError(f"ethos shapes one loss at a time (loss_type={info.trl_type!r} for --loss {info.name}), "
+                               "reverse KL, no ld_alpha, no WPO weighting")
+        if info.reference_free and not self.precompute_ref_logps:
+            raise TrainerError(f"--loss {info.name} is reference-free: it needs precompute_ref_log_probs=True")
+        if type(self.data_collator) is DataCollatorForPreference:
+            self.data_collator = ShapingCollator(**{f.name: getattr(self.data_collator, f.name)
+                                                    for f in dataclasses.fields(DataCollatorForPreference)})
+        self._captured: list[Any] = []
+        self._capturing = False
+        self.last_outputs: list[Any] = []  # the captured forward outputs of the last compute_loss (tests)
+        self._handles = [self.model.register_forward_hook(self._capture_hook, with_kwargs=True)]
+        if self.ref_model is not None:
+            self._handles.append(self.ref_model.register_forward_hook(self._capture_hook, with_kwargs=True))
+        self._install_rules(rules, layer)
+
+    # -- trl's column handling (private, guarded by a test) ------------------------------------
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        for col in (WEIGHT_COLUMN, OFFSET_COLUMN):
+            if col not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, col]
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _capture_hook(self, module, args, kwargs, output):
+        if self._capturing and kwargs.get("fused_lm_head"):
+            self._captured.append(output)
+
+    # -- public hooks --------------------------------------------------------------------------
+    def compute_ref_log_probs(self, model, inputs):
+        if self.ethos_loss.reference_free:  # SimPO: log π_ref ≡ 0, no forward
+            n = inputs["input_ids"].shape[0] // 2
+            zeros = torch.zeros(n, device=inputs["input_ids"].device)
+            return zeros, zeros.clone()
+        return super().compute_ref_log_probs(model, inputs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         inputs = dict(inputs)
-        weight = inputs.pop(_W, None)
-        offset = inputs.pop(_O, None)
+        weight = inputs.pop(BATCH_WEIGHT, None)
+        offset = inputs.pop(BATCH_OFFSET, None)
         penalties = self._penalties
         self._captured, self._capturing = [], True
         self._resid, self._want_resid = None, bool(penalties) and self._armed
@@ -287,17 +361,19 @@ class ShapedDPOTrainer(DPOTrainer):
             ref = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(logps)
         else:
             ref = captured[1].log_probs[:, -seq_len:].sum(dim=1).detach()
-        chosen, rejected = (logps - ref).chunk(2, dim=0)
-        h = self.beta * (chosen - rejected)
-        plain = -F.logsigmoid(h)
-        if not torch.allclose(plain.mean().detach().float(), trl_loss.detach().float(), rtol=1e-4, atol=1e-5):
-            raise RuntimeError(f"ethos's recomputed DPO loss {float(plain.mean()):.6f} differs from trl's "
-                               f"{float(trl_loss):.6f}: trl {TRL_SERIES}'s loss changed; update ethos.runtime.trainer")
+        info = self.ethos_loss
+        h = L.margins(info, logps, ref, completion.sum(dim=1), self.beta)
+        kw = dict(beta=self.beta, label_smoothing=self.label_smoothing,
+                  discopop_tau=getattr(self.args, "discopop_tau", 0.05))
+        trl_plain = L.per_pair(info, h, **kw)  # what trl computed (SimPO: with γ = 0)
+        if not torch.allclose(trl_plain.mean().detach().float(), trl_loss.detach().float(), rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"ethos's recomputed {info.trl_type} loss {float(trl_plain.mean()):.6f} differs from "
+                               f"trl's {float(trl_loss):.6f}: trl {TRL_SERIES}'s loss changed; update ethos.runtime.trainer")
         n = h.shape[0]
         w = weight.to(h) if weight is not None else torch.ones(n, dtype=h.dtype, device=h.device)
         o = offset.to(h) if offset is not None else torch.zeros(n, dtype=h.dtype, device=h.device)
-        per_pair = -F.logsigmoid(h + o)
-        loss = (w * per_pair).mean()
+        plain = L.per_pair(info, h, simpo_gamma=self.simpo_gamma, **kw) if info.name == "simpo" else trl_plain
+        loss = (w * L.per_pair(info, h + o, simpo_gamma=self.simpo_gamma, **kw)).mean()
         m = self._metrics[mode]
         m["ethos/dpo_loss"].append(float(plain.detach().mean()))
         m["ethos/weighted_loss"].append(float(loss.detach()))
@@ -317,10 +393,7 @@ class ShapedDPOTrainer(DPOTrainer):
             loss = loss + total
             m["ethos/penalty"].append(float(total.detach()) if torch.is_tensor(total) else float(total))
         self._resid = None
-        if self._has_ablation and self._removed:
-            m["ethos/ablation_norm_removed"].append(float(torch.stack(self._removed).mean()))
-        if self._steer_norm is not None:
-            m["ethos/steering_norm"].append(self._steer_norm)
+        self._log_rule_metrics(m)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -328,78 +401,85 @@ class ShapedDPOTrainer(DPOTrainer):
 # A whole run (``ethos train``)
 
 
-@dataclass
-class TrainSettings:
-    model: str
-    out: Path
-    layer: int | None = None
-    lora: bool = True
-    lora_r: int = 16
-    steps: int = 100
-    learning_rate: float = 2e-4
-    beta: float = 0.1
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 256
-    seed: int = 0
-    bf16: bool | None = None  # None: where the CPU/GPU computes bf16 natively
-    gradient_checkpointing: bool = False
-    progress: bool = True
-    logging_steps: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def dpo_config(s: TrainSettings, output_dir: Path) -> DPOConfig:
+def pick_bf16(settings: TrainSettings) -> bool:
+    """bf16 mixed precision: as set, else where the device computes bf16 natively."""
     from .model import cpu_has_native_bf16
 
-    bf16 = s.bf16
-    if bf16 is None:
-        bf16 = (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or \
-            (not torch.cuda.is_available() and cpu_has_native_bf16())
-    return DPOConfig(
+    if settings.bf16 is not None:
+        return bool(settings.bf16)
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_has_native_bf16()
+
+
+def trainer_args(settings: TrainSettings, output_dir: Path) -> dict[str, Any]:
+    """The ``TrainingArguments`` fields DPO and reward-model runs share (checkpoints go to
+    ``output_dir`` every ``save_steps`` steps; none when it is 0)."""
+    s = settings.resolved()
+    save = s.save_steps > 0
+    return dict(
         output_dir=str(output_dir),
         max_steps=s.steps,
         per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.grad_accum,
         learning_rate=s.learning_rate,
-        beta=s.beta,
         max_length=s.max_length,
-        bf16=bool(bf16),
+        bf16=pick_bf16(s),
         gradient_checkpointing=s.gradient_checkpointing,
         logging_steps=s.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if save else "no",
+        save_steps=s.save_steps if save else 500,
+        save_total_limit=2 if save else None,
         report_to="none",
         seed=s.seed,
         data_seed=s.seed,
-        disable_tqdm=not s.progress,
+        disable_tqdm=True,  # progress: ethos.runtime.progress (training.run_training)
         lr_scheduler_type="linear",
         warmup_steps=0,
         dataset_num_proc=None,
         use_cpu=not torch.cuda.is_available(),
-        **s.extra,
     )
 
 
-def lora_config(r: int = 16):
+def dpo_config(settings: TrainSettings, output_dir: Path) -> DPOConfig:
+    """trl's DPOConfig for ``settings`` (unset settings take their defaults)."""
+    s = settings.resolved()
+    info = L.check_loss(s.loss, label_smoothing=s.label_smoothing)
+    return DPOConfig(**trainer_args(s, output_dir), beta=s.beta, loss_type=[info.trl_type],
+                     label_smoothing=s.label_smoothing, precompute_ref_log_probs=info.reference_free,
+                     **dict(s.extra))
+
+
+def lora_config(r: int = 16, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, bias="none", task_type=task_type,
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 class JsonlLog:
     """A ``TrainerCallback`` writing every ``log`` call (trl's metrics and ethos's named terms) as
-    one JSON line."""
+    one JSON line. ``keep_until``: a resumed run keeps the lines of steps up to its checkpoint."""
 
-    def __new__(cls, path: Path):
+    def __new__(cls, path: Path, keep_until: int | None = None):
         from transformers import TrainerCallback
+
+        from .io import atomic_write_text
 
         class _Cb(TrainerCallback):
             def __init__(self) -> None:
                 self.path = path
                 self.rows: list[dict[str, Any]] = []
+                if keep_until is not None and path.is_file():
+                    for line in path.read_text(encoding="utf-8").splitlines():
+                        try:
+                            row = json.loads(line)
+                        except ValueError:  # a line cut by a kill
+                            continue
+                        if isinstance(row, dict) and row.get("step", math.inf) <= keep_until:
+                            self.rows.append(row)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("")
+                atomic_write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in self.rows))
 
             def on_log(self, args, state, control, logs=None, **kw):
                 row = {"step": state.global_step, "time": round(time.time(), 3), **(logs or {})}
@@ -410,33 +490,47 @@ class JsonlLog:
         return _Cb()
 
 
-def build_trainer(model: Any, tokenizer: Any, dataset: Any, settings: TrainSettings, *,
-                  rules: Sequence[ActivationRule] = (), ref_model: Any = None,
+def build_trainer(model: Any, tokenizer: Any, dataset: Any, settings: TrainSettings, *, out: Path,
+                  layer: int | None = None, rules: Sequence[ActivationRule] = (), ref_model: Any = None,
                   callbacks: Sequence[Any] = (), vanilla: bool = False) -> Any:
-    """A :class:`ShapedDPOTrainer` (or plain ``DPOTrainer`` with ``vanilla=True``, for benchmarks)."""
-    args = dpo_config(settings, settings.out)
-    kwargs: dict[str, Any] = dict(args=args, train_dataset=dataset, processing_class=tokenizer,
-                                  peft_config=lora_config(settings.lora_r) if settings.lora else None,
+    """A :class:`ShapedDPOTrainer` writing its checkpoints to ``out`` with ``rules`` at block
+    ``layer`` (or plain ``DPOTrainer`` with ``vanilla=True``, for benchmarks)."""
+    s = settings.resolved()
+    kwargs: dict[str, Any] = dict(args=dpo_config(s, Path(out)), train_dataset=dataset, processing_class=tokenizer,
+                                  peft_config=lora_config(s.lora_r) if s.lora else None,
                                   callbacks=list(callbacks))
     if ref_model is not None:
         kwargs["ref_model"] = ref_model
     if vanilla:
-        return DPOTrainer(model, **kwargs)
-    return ShapedDPOTrainer(model, rules=rules, layer=settings.layer, **kwargs)
+        return quiet(DPOTrainer(model, **kwargs))
+    return quiet(ShapedDPOTrainer(model, rules=rules, layer=layer, loss=s.loss, simpo_gamma=s.simpo_gamma, **kwargs))
+
+
+def quiet(trainer: Any) -> Any:
+    """``trainer`` without transformers' printing of every log dict to stdout (ethos logs to
+    OUT/log.jsonl and shows progress with :mod:`ethos.runtime.progress`)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def read_dataset(path: Path, limit: int | None = None):
-    """``ethos apply``'s dataset.parquet as a ``datasets.Dataset`` with the trl columns and the
-    per-pair ones."""
+    """``ethos apply``'s dataset.parquet as a ``datasets.Dataset`` (:func:`dataset_from_table`)."""
     import pyarrow.parquet as pq
+
+    return dataset_from_table(pq.read_table(path), limit=limit)
+
+
+def dataset_from_table(table: Any, limit: int | None = None):
+    """An apply dataset (an Arrow table, as ``ethos apply`` writes it) as a ``datasets.Dataset``
+    with the trl columns and the per-pair ones; ``limit``: its first N rows."""
     from datasets import Dataset
 
-    table = pq.read_table(path)
-    rows = table.to_pylist()
     if limit is not None:
-        rows = rows[:limit]
+        table = table.slice(0, limit)
     keep = ("prompt", "chosen", "rejected", WEIGHT_COLUMN, OFFSET_COLUMN)
-    return Dataset.from_list([{k: r.get(k) for k in keep if k in r} for r in rows])
+    return Dataset.from_list([{k: r.get(k) for k in keep if k in r} for r in table.to_pylist()])
 
 
 def finite(x: Any) -> bool:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ethos.runtime.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,3 +117,56 @@ def test_readme_main_job_runs_as_written(tmp_path):
     assert "Plan: " in proc.stdout
     html = (tmp_path / "plan" / "plan.html").read_text()
     assert "<svg" in html and "ethos plan" in html
+
+
+def test_expected_errors_are_caught_once_with_the_command_name(monkeypatch, capsys):
+    import ethos.runtime.cli.policy as policy
+    from ethos.runtime.errors import EthosError, UsageError
+
+    def fail(args):
+        raise EthosError("the data at x.jsonl has no usable row")
+
+    monkeypatch.setattr(policy, "run_check", fail)
+    assert main(["check", EXAMPLES[0]]) == 1
+    assert capsys.readouterr().err == "ethos check: error: the data at x.jsonl has no usable row\n"
+
+    def usage(args):
+        raise UsageError("--limit must be a positive integer")
+
+    monkeypatch.setattr(policy, "run_diff", usage)
+    assert main(["diff", EXAMPLES[0], EXAMPLES[0]]) == 2
+    assert capsys.readouterr().err == "ethos diff: error: --limit must be a positive integer\n"
+
+
+def test_interrupts_and_internal_errors_are_one_line(monkeypatch, capsys):
+    import ethos.runtime.cli as cli
+    import ethos.runtime.cli.policy as policy
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)  # even while the commands load
+    assert main(["check", EXAMPLES[0]]) == 130
+    assert capsys.readouterr().err == "ethos: interrupted\n"
+    monkeypatch.undo()
+
+    def broken(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(policy, "run_fmt", broken)
+    monkeypatch.delenv("ETHOS_DEBUG", raising=False)
+    assert main(["fmt", EXAMPLES[0]]) == 1
+    err = capsys.readouterr().err
+    assert err == ("ethos: internal error: ZeroDivisionError: division by zero "
+                   "(set ETHOS_DEBUG=1 for the traceback)\n")
+    monkeypatch.setenv("ETHOS_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["fmt", EXAMPLES[0]])
+
+
+def test_version(capsys):
+    import tomllib
+
+    proc = subprocess.run([sys.executable, "-m", "ethos.runtime.cli", "--version"], capture_output=True, text=True)
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert proc.returncode == 0 and proc.stdout == f"ethos {version}\n"

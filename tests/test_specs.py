@@ -43,7 +43,7 @@ def test_every_library_concept_compiles_in_every_action_it_allows():
         for proto, spec in PROTOCOLS.items():
             if concept.lens.kind not in spec.lenses:
                 continue
-            arg = {"text": ' "x"', "strength": " 2", "weight": " 0.1"}.get(spec.arg, "")
+            arg = {"text": ' "x"', "strength": " 2", "weight": " 0.1"}.get(spec.argument, "")
             action = spec.actions[0]
             r = compile_source(f"{action} concept {name} via {proto}{arg};")
             assert r.ok, (name, proto, render_all(r.diagnostics))

@@ -25,11 +25,13 @@ from typing import Any, ClassVar, Literal
 from ethos.compiler.names import DEFAULT_SAE, LIBRARY_ROOT
 from ethos.compiler.plan import Concept, FileRef, Plan
 
+from ..errors import EthosError
+
 Need = Literal["text", "tokenizer", "activations"]
 Scores = dict[str, float]
 
 
-class LensError(Exception):
+class LensError(EthosError):
     """A concept cannot be scored as written (bad file, latent out of range, ...)."""
 
 
@@ -43,7 +45,7 @@ class LensContext:
     model_fingerprint: str | None = None  # set when some lens needs the model or its tokenizer
     layer: int | None = None  # the layer activation lenses read
     tokenizer: Any = None  # loaded only when a lens must actually tokenise
-    runtime: Any = None  # a model.ModelRuntime once the model is loaded
+    runtime: Any = None  # a model.ModelRuntime (model.model_runtime) once the model is loaded
 
     @property
     def tokenizer_fingerprint(self) -> str | None:

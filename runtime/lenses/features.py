@@ -5,65 +5,29 @@ residual vector) is pooled over the reply's tokens, by mean and by max; the conc
 the sum over its latents of the pooled values (``sum_i mean_t z_ti`` and ``sum_i max_t z_ti``;
 the concept's ``pool`` picks which is reported).
 
-SAE names resolve in one place, :func:`resolve_sae`: a path to a folder with ``cfg.json``, or a
-name looked up as ``$ETHOS_CACHE/saes/<name>/``; ``default`` falls back to the SAE shipped in
-``specs/saes/default/`` (docs/sae.md). Latent ids are range-checked against the SAE's ``d_sae`` when the
-lens is built, before any model is loaded, with the policy position in the message.
+SAE names resolve and SAEs load in one place, :mod:`ethos.runtime.sae.load` (:func:`find_sae`: a
+path to a folder with ``cfg.json``, or a name looked up as ``$ETHOS_CACHE/saes/<name>/``;
+``default`` falls back to the SAE shipped in ``specs/saes/default/``, docs/sae.md; :func:`load_sae`
+loads it in float32, here on the model's device, where the latents are encoded and pooled; the
+scores cross to the host once per batch). Latent ids are range-checked against the SAE's ``d_sae`` when the lens is
+built, before any model is loaded, with the policy position in the message.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ethos.compiler.names import DEFAULT_SAE, LIBRARY_ROOT
-
-from ..model import cache_root, layer_of_hook
+from ..hub import HubError, check_sae_fits
+from ..model import pool_segments
+from ..sae.load import SAEError, find_sae, load_sae, sae_info
 from . import Lens, LensContext, LensError, Scores, register_lens
 
-
-def resolve_sae(name: str) -> Path:
-    """The folder of an SAE named in a policy (see the module docstring)."""
-    path = Path(name).expanduser()
-    if (path / "cfg.json").is_file():
-        return path
-    if "/" not in name and name not in ("", ".", ".."):
-        named = cache_root() / "saes" / name
-        if (named / "cfg.json").is_file():
-            return named
-    if name == DEFAULT_SAE:
-        shipped = LIBRARY_ROOT / "saes" / DEFAULT_SAE  # specs/saes/default, shipped with ethos
-        if (shipped / "cfg.json").is_file():
-            return shipped
-        raise LensError(
-            f"the default SAE is missing (looked in {cache_root() / 'saes' / DEFAULT_SAE} and {shipped}); "
-            "rebuild it with the command in docs/sae.md, or name an SAE folder in the policy (sae \"path/to/sae\";)"
-        )
-    raise LensError(f"unknown SAE {name!r}: name a folder with cfg.json (sae-lens format) or an SAE in {cache_root() / 'saes'}")
-
-
-def sae_info(folder: Path) -> dict[str, Any]:
-    """``d_in``, ``d_sae``, the layer it reads (if its hook name says) and a sha256 of its files."""
-    cfg = json.loads((folder / "cfg.json").read_text())
-    meta = cfg.get("metadata") or {}
-    hook = meta.get("hook_name") or cfg.get("hook_name")
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and (p.suffix in (".json", ".safetensors", ".pt")):
-            h.update(p.name.encode() + b"\0")
-            h.update(hashlib.sha256(p.read_bytes()).digest())
-    return {
-        "d_in": int(cfg["d_in"]),
-        "d_sae": int(cfg["d_sae"]),
-        "hook_name": hook,
-        "layer": layer_of_hook(hook),
-        "sha256": h.hexdigest(),
-    }
+FEATURES_VERSION = 2
+"""Bumped when the scores change for the same SAE, latents, model and layer (2: the SAE is used
+in float32, as everywhere else; version 1 encoded in the SAE's stored dtype)."""
 
 
 @register_lens("features")
@@ -74,7 +38,10 @@ class FeaturesLens(Lens):
     def __init__(self, concept: Any, context: LensContext) -> None:
         super().__init__(concept, context)
         self.sae_name = context.sae
-        self.folder = resolve_sae(self.sae_name)
+        try:
+            self.folder = find_sae(self.sae_name)
+        except SAEError as exc:
+            raise LensError(str(exc)) from None
         self.info = sae_info(self.folder)
         self.latents: tuple[int, ...] = tuple(concept.lens.latents)
         if not self.latents:
@@ -100,17 +67,21 @@ class FeaturesLens(Lens):
             "latents": list(self.latents),
             "model": self.context.model_fingerprint,
             "layer": self.context.layer,
-            "version": 1,
+            "version": FEATURES_VERSION,
         }
 
     def prepare(self, context: LensContext) -> None:
-        from sae_lens import SAE
-
-        d_model = context.runtime.encoder.d_model
+        runtime = context.runtime
+        d_model = runtime.encoder.d_model
         if self.info["d_in"] != d_model:
             raise LensError(f"SAE '{self.sae_name}' has d_in {self.info['d_in']}, the model's layer has {d_model}")
-        self._sae = SAE.load_from_disk(self.folder, device="cpu").eval()
-        self._ids = torch.tensor(self.latents, dtype=torch.long)
+        try:
+            check_sae_fits(self.info, runtime.encoder.model.config, context.layer, sae_name=f"'{self.sae_name}'",
+                           model_name=f"model {runtime.name}")
+            self._sae = load_sae(self.folder, device=runtime.device)
+        except (SAEError, HubError) as exc:
+            raise LensError(str(exc)) from None
+        self._ids = torch.tensor(self.latents, dtype=torch.long, device=runtime.device)
 
     @torch.inference_mode()
     def score_activations(self, acts: Sequence[torch.Tensor]) -> list[Scores]:
@@ -119,12 +90,7 @@ class FeaturesLens(Lens):
         lengths = [a.shape[0] for a in acts]
         if not acts or sum(lengths) == 0:
             return [{"mean": float("nan"), "max": float("nan")} for _ in acts]
-        dtype = next(self._sae.parameters()).dtype
-        z = self._sae.encode(torch.cat(list(acts)).to(dtype))[:, self._ids].float()
-        out: list[Scores] = []
-        for part in torch.split(z, lengths):
-            if part.shape[0] == 0:
-                out.append({"mean": float("nan"), "max": float("nan")})
-            else:
-                out.append({"mean": float(part.mean(dim=0).sum()), "max": float(part.max(dim=0).values.sum())})
-        return out
+        param = next(self._sae.parameters())
+        x = torch.cat(list(acts)).to(device=param.device, dtype=param.dtype)
+        z = self._sae.encode(x)[:, self._ids.to(param.device)].float()
+        return pool_segments(z, lengths)

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model import ModelRuntime, cache_root, pool, tokenize_pair
+from ..device import as_tensor, to_float, to_numpy
+from ..model import ModelRuntime, cache_root, pool_segments, tokenize_pair
 from . import Lens, LensContext, LensError, Scores, register_lens
 
 DIRECTION_VERSION = 1
@@ -58,18 +59,17 @@ def compute_direction(runtime: ModelRuntime, exemplars: Sequence[tuple[str, str,
         for p, pos, neg in exemplars
     ]
     acts = runtime.encoder.encode(items, batch_size=runtime.batch_size)
-    d = runtime.encoder.d_model
-    means = [[a.mean(dim=0) if a.shape[0] else torch.full((d,), float("nan")) for a in pair] for pair in acts]
-    pos = torch.stack([m[0] for m in means])
-    neg = torch.stack([m[1] for m in means])
-    keep = ~(pos.isnan().any(dim=1) | neg.isnan().any(dim=1))
-    if not bool(keep.any()):
+    keep = [pair for pair in acts if pair[0].shape[0] and pair[1].shape[0]]
+    if not keep:
         raise LensError("no exemplar has both a positive and a negative reply with tokens")
-    diff = pos[keep].mean(dim=0) - neg[keep].mean(dim=0)
-    norm = float(diff.norm())
+    # on the model's device; the direction crosses to the host once
+    pos = torch.stack([pair[0].float().mean(dim=0) for pair in keep])
+    neg = torch.stack([pair[1].float().mean(dim=0) for pair in keep])
+    diff = pos.mean(dim=0) - neg.mean(dim=0)
+    norm = to_float(diff.norm())
     if not np.isfinite(norm) or norm == 0.0:
         raise LensError("positive and negative exemplars give the same mean activation")
-    return (diff / norm).numpy().astype("<f4")
+    return to_numpy(diff / norm, "<f4")
 
 
 def direction_sha256(direction: np.ndarray) -> str:
@@ -137,9 +137,13 @@ class ProbeLens(Lens):
         if direction.shape != (runtime.encoder.d_model,):
             raise LensError(f"{self.path}: cached direction has shape {direction.shape}")
         self.direction = direction
-        self._d = torch.from_numpy(direction.copy())
+        self._d = as_tensor(direction, runtime.device, torch.float32)  # on the model's device
 
+    @torch.inference_mode()
     def score_activations(self, acts: Sequence[torch.Tensor]) -> list[Scores]:
         if self._d is None:
             raise LensError(f"probe {self.concept.name!r} used before its direction was prepared")
-        return [pool(a.float() @ self._d) for a in acts]
+        if not acts:
+            return []
+        d = self._d if self._d.device == acts[0].device else self._d.to(acts[0].device)
+        return pool_segments(torch.cat([a.float() for a in acts]) @ d, [a.shape[0] for a in acts])

@@ -96,3 +96,43 @@ def test_expectations_are_typed():
     kinds = [(e.kind, getattr(e, "phase", None)) for e in plan.expectations]
     assert kinds == [("concept", "after"), ("pairs", None), ("ess", None), ("concept", "before")]
     assert plan.expectations[0].text == "expect concept verbosity share < 0.05;"
+
+
+def test_protocol_table_is_the_one_source():
+    from ethos.compiler.plan import PROTOCOL_KIND, PROTOCOLS as TABLE
+
+    assert PROTOCOLS is TABLE
+    assert {n for n, p in TABLE.items() if p.shapes_data} == {"data", "filter", "relabel"}
+    assert PROTOCOL_KIND == {n: p.stage for n, p in TABLE.items()}
+    assert {p.argument for p in TABLE.values()} == {None, "text", "strength", "weight"}
+    assert all(p.name == n and p.stage in ("data", "loss", "activation") for n, p in TABLE.items())
+
+
+def test_rule_ids_are_stable_unique_and_read_the_table():
+    text = ("block concept sycophancy;\nblock concept sycophancy via ablation;\n"
+            "dampen concept refusal by 0.5 via steering 2;\n")
+    plan = compile_source(text).plan
+    assert [i.rule_id for i in plan.interventions] == ["sycophancy/data", "sycophancy/ablation", "refusal/steering"]
+    moved = compile_source("\n\n" + "\n".join(reversed(text.splitlines()))).plan
+    assert sorted(i.rule_id for i in moved.interventions) == sorted(i.rule_id for i in plan.interventions)
+    assert [(i.stage, i.shapes_data) for i in plan.interventions] == [
+        ("data", True), ("activation", False), ("activation", False)]
+    assert plan.rule("refusal/steering").strength == 2.0
+
+
+def test_rule_id_suffix_for_repeats_and_old_plans_load():
+    import json
+
+    from ethos.compiler.plan import dump_plan, load_plan, rule_id
+
+    assert rule_id("x", "data", {"x/data"}) == "x/data#2"
+    assert rule_id("x", "data", {"x/data", "x/data#2"}) == "x/data#3"
+    plan = compile_source("block concept sycophancy;\nblock concept refusal via loss;").plan
+    old = json.loads(dump_plan(plan))
+    for i in old["interventions"]:
+        del i["rule_id"]
+    assert dump_plan(load_plan(json.dumps(old))) == dump_plan(plan)
+    dup = json.loads(dump_plan(plan))
+    dup["interventions"][1]["rule_id"] = "sycophancy/data"
+    with pytest.raises(ValueError, match="not unique"):
+        load_plan(json.dumps(dup))

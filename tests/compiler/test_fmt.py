@@ -36,7 +36,42 @@ def test_canonical_form():
     text = ('policy   "p" ;# c1\n\n\n\n# own line\nconcept  f =features 1 ,2,3   pool max;'
             '\nblock\n concept f\n via   steering 4.0 ;  amplify concept refusal by 2.0;  # end\n')
     assert fmt(text) == ('policy "p";  # c1\n\n# own line\nconcept f = features 1, 2, 3 pool max;\n'
-                         'block concept f via steering 4.0;\namplify concept refusal by 2.0;  # end\n')
+                         'block\n    concept f\n    via steering 4.0;\namplify concept refusal by 2.0;  # end\n')
+
+
+def test_line_breaks_inside_a_statement_and_comments_stay_where_they_were():
+    text = ("# header\n"
+            "block concept sycophancy   # why we block it\n"
+            "      via inoculation\n"
+            "\n"
+            "   # the instruction, said plainly\n"
+            '   "You tend to agree with the user." ;  # after\n'
+            "concept f = features 1,\n  2,   # two\n  3;\n"
+            "keep concept emoji;\n")
+    want = ("# header\n"
+            "block concept sycophancy  # why we block it\n"
+            "    via inoculation\n"
+            "    # the instruction, said plainly\n"
+            '    "You tend to agree with the user.";  # after\n'
+            "concept f = features 1,\n    2,  # two\n    3;\n"
+            "keep concept emoji;\n")
+    assert fmt(text) == want
+    assert fmt(want) == want
+    for comment in ("# why we block it", "# the instruction, said plainly", "# after", "# two"):
+        assert want.index(comment) > 0
+    # the comment stays inside its statement: between the same tokens as before
+    assert want.index("via inoculation") < want.index("# the instruction") < want.index('"You tend')
+
+
+def test_format_source_reports_syntax_errors():
+    from ethos.compiler.fmt import format_source
+
+    out, diags = format_source("block concept x\nkeep concept y;", "t.ethos")
+    assert out is None and [d.code for d in diags] == ["E103"] and diags[0].snippet == "block concept x"
+    out, diags = format_source(b"block   concept  x;", "t.ethos")
+    assert out == "block concept x;\n" and diags == []
+    out, diags = format_source(b"\xff", "t.ethos")
+    assert out is None and diags[0].code == "E001"
 
 
 def test_fmt_preserves_meaning():

@@ -27,7 +27,7 @@ def test_features_and_expectation_nodes():
 
 def test_comments_are_collected():
     parsed = parse('# head\nkeep concept emoji;  # tail "quoted"\npolicy "a # not a comment";', "t")
-    assert [str(c) for c in parsed.comments] == ["# head", '# tail "quoted"']
+    assert [c.text for c in parsed.comments] == ["# head", '# tail "quoted"']
 
 
 def test_missing_semicolon_points_after_previous_token():

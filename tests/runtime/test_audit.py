@@ -1,11 +1,13 @@
-"""The audit: the statistics against scipy/statsmodels, the degenerate cases, planted concepts in
-real hh-rlhf pairs (and their controls), discovery on synthetic latent matrices, the draft policy
-and the CLI handler. Only text lenses are featurized here (no model), except the one discovery
-run through the tiny test model and SAE."""
+"""The audit's orchestration: audit_scores on featurize tables (fields, degenerate concepts,
+weights, a fixed scale, length with and without), planted concepts in real hh-rlhf pairs (and
+their controls), discovery through audit_scores (held-out validation) and the draft policy, the
+snippet and contrastive n-gram labels and the candidate names, audit_dataset, and ``ethos audit``
+through the command line. Only text lenses are featurized here (no model), except the one
+discovery run through the tiny test model and SAE. The statistics themselves are tested in
+test_stats_*.py."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -13,25 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from ethos.compiler.compile import compile_file, compile_source
-from ethos.runtime import audit as A
-from ethos.runtime.audit import (
-    audit_scores,
-    bh,
-    bootstrap_d_ci,
-    correlated_pairs,
-    discover,
-    draft_policy,
-    joint,
-    marginal,
-    sign_test,
-    split_half,
-    table_concepts,
-)
+from ethos.runtime.audit import KEYWORDS, audit_dataset, audit_scores, snippet_finder, table_concepts
+from ethos.runtime.cli import main
 from ethos.runtime.data import load_pairs
+from ethos.runtime.documents import AUDIT_FORMAT
+from ethos.runtime.draft import draft_policy
 from ethos.runtime.featurize import featurize
+from ethos.runtime.labels import candidate_labeler, contrastive_ngrams, ngrams
+from ethos.runtime.settings import DataSettings
+from ethos.runtime.stats import candidate_name, holdout_split, pooled_sd
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "audit"
 PLANTED = FIXTURES / "planted.ethos"
@@ -40,14 +34,6 @@ PHRASE = " Hope this helps."  # matches marker.txt; no "I" (self_reference) and 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def bt_pairs(n: int, alpha: np.ndarray, seed: int = 0) -> np.ndarray:
-    """z (chosen − rejected) of n pairs drawn from a Bradley–Terry model with coefficients alpha."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, len(alpha)))
-    y = rng.random(n) < 1 / (1 + np.exp(-x @ alpha))
-    return np.where(y[:, None], x, -x)
 
 
 def score_table(chosen: np.ndarray, rejected: np.ndarray, names: list[str]) -> pd.DataFrame:
@@ -75,167 +61,6 @@ def planted_latents(seed: int, n: int = 600, d: int = 512, block=(100, 101, 102,
 
 
 # ---------------------------------------------------------------------------------------------
-# Marginal statistics
-
-
-def test_sign_test_matches_scipy_binomtest():
-    rng = np.random.default_rng(0)
-    m = rng.integers(1, 300, 200)
-    k = rng.integers(0, m + 1)
-    got = sign_test(k, m - k)
-    want = [stats.binomtest(int(a), int(b)).pvalue for a, b in zip(k, m)]
-    np.testing.assert_allclose(got, want, rtol=1e-9)
-    assert np.isnan(sign_test(np.array([0]), np.array([0])))[0]
-
-
-def test_bh_matches_statsmodels_and_skips_nan():
-    from statsmodels.stats.multitest import multipletests
-
-    p = np.random.default_rng(1).random(50) ** 3
-    np.testing.assert_allclose(bh(p), multipletests(p, method="fdr_bh")[1])
-    q = bh(np.array([0.01, np.nan, 0.04]))
-    assert np.isnan(q[1]) and np.allclose(q[[0, 2]], multipletests([0.01, 0.04], method="fdr_bh")[1])
-
-
-def test_marginal_statistics():
-    rng = np.random.default_rng(2)
-    delta = np.column_stack([rng.normal(0.5, 1, 300), rng.normal(0, 1, 300), np.r_[np.zeros(290), np.ones(10)]])
-    mg = marginal(delta, n_boot=1000, seed=0)
-    np.testing.assert_allclose(mg.mean_delta, delta.mean(axis=0))
-    np.testing.assert_allclose(mg.d, delta.mean(axis=0) / delta.std(axis=0, ddof=1))
-    pos, neg = (delta > 0).sum(axis=0), (delta < 0).sum(axis=0)
-    np.testing.assert_allclose(mg.win_rate, pos / (pos + neg))
-    assert mg.p[0] == pytest.approx(stats.binomtest(int(pos[0]), int(pos[0] + neg[0])).pvalue)
-    assert mg.d_lo[0] < mg.d[0] < mg.d_hi[0] and mg.d_lo[0] > 0
-    assert mg.d_lo[1] < 0 < mg.d_hi[1]
-    assert mg.split_half_stable[0] and mg.split_half_agreement[0] == 1.0
-    assert mg.win_rate[2] == 1.0 and mg.p[2] == pytest.approx(2 * 0.5**10)
-    # Deterministic under a seed.
-    again = marginal(delta, n_boot=1000, seed=0)
-    assert np.array_equal(again.d_lo, mg.d_lo) and np.array_equal(again.split_half_agreement, mg.split_half_agreement)
-
-
-def test_bootstrap_ci_agrees_with_a_plain_resampling_loop():
-    rng = np.random.default_rng(3)
-    delta = rng.normal(0.3, 1, (200, 1))
-    lo, hi = bootstrap_d_ci(delta, n_boot=4000, seed=5)
-    idx = np.random.default_rng(6).integers(0, 200, (4000, 200))
-    d = np.array([delta[i, 0].mean() / delta[i, 0].std(ddof=1) for i in idx])
-    assert lo[0] == pytest.approx(np.quantile(d, 0.025), abs=0.02)
-    assert hi[0] == pytest.approx(np.quantile(d, 0.975), abs=0.02)
-
-
-def test_split_half_flags_an_unstable_effect():
-    rng = np.random.default_rng(10)
-    delta = np.column_stack([rng.normal(0.5, 1, 200), rng.normal(0.0, 1, 200), np.zeros(200)])
-    stable, agreement = split_half(delta, splits=200, seed=0)
-    assert stable[0] and agreement[0] == 1.0
-    assert agreement[1] < 0.8  # a null effect keeps its sign on both halves only by chance
-    assert not stable[2] and agreement[2] == 0.0
-
-
-def test_weighted_marginal_reduces_to_unweighted_with_unit_weights():
-    delta = np.random.default_rng(4).normal(0.2, 1, (150, 2))
-    a, b = marginal(delta, n_boot=200), marginal(delta, np.ones(150), n_boot=200)
-    np.testing.assert_allclose(a.d, b.d)
-    np.testing.assert_allclose(a.win_rate, b.win_rate)
-    assert b.test == "weighted-sign-normal" and b.p[0] < 0.05
-
-
-# ---------------------------------------------------------------------------------------------
-# The joint fit
-
-
-def test_joint_matches_symmetrised_statsmodels_fit_with_sqrt2_corrected_se():
-    import statsmodels.api as sm
-
-    z = bt_pairs(600, np.array([1.0, -0.5, 0.0]), seed=1)
-    fit = joint(z)
-    x = np.vstack([z, -z])
-    y = np.r_[np.ones(len(z)), np.zeros(len(z))]
-    glm = sm.GLM(y, x, family=sm.families.Binomial()).fit()
-    np.testing.assert_allclose(fit.alpha, glm.params, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(fit.se, glm.bse * np.sqrt(2), rtol=1e-5)
-    assert fit.converged and fit.lo[0] > 0 > fit.hi[1] and fit.lo[2] < 0 < fit.hi[2]
-    assert fit.share.sum() == pytest.approx(1.0) and fit.share[0] > fit.share[1] > fit.share[2]
-
-
-def test_joint_recovers_the_true_coefficients():
-    alpha = np.array([0.8, -0.4])
-    fit = joint(bt_pairs(5000, alpha, seed=2))
-    assert np.all((fit.lo < alpha) & (alpha < fit.hi))
-
-
-def test_joint_weights_match_statsmodels_and_frequency_duplication():
-    import statsmodels.api as sm
-
-    z = bt_pairs(400, np.array([0.7, 0.3]), seed=3)
-    w = np.random.default_rng(3).integers(1, 4, len(z)).astype(float)
-    fit = joint(z, w)
-    glm = sm.GLM(np.r_[np.ones(400), np.zeros(400)], np.vstack([z, -z]), family=sm.families.Binomial(),
-                 var_weights=np.r_[w, w]).fit()
-    np.testing.assert_allclose(fit.alpha, glm.params, rtol=1e-6)
-    dup = joint(np.repeat(z, w.astype(int), axis=0))
-    np.testing.assert_allclose(fit.alpha, dup.alpha, rtol=1e-6)
-    # Frequency weights: the model covariance equals the duplicated data's.
-    np.testing.assert_allclose(joint(z, w, cov="model").se, dup.se, rtol=1e-6)
-    # Importance weights (default with weights): sandwich, invariant to their scale.
-    assert fit.cov == "sandwich"
-    np.testing.assert_allclose(joint(z, 10 * w).se, fit.se, rtol=1e-6)
-    assert fit.ess == pytest.approx(w.sum() ** 2 / (w**2).sum())
-
-
-def test_reweighting_scales_alpha_as_the_plan_step_needs():
-    """Importance weights that make chosen-favouring pairs less common shrink α, with CIs."""
-    z = bt_pairs(3000, np.array([1.0, 0.5]), seed=4)
-    before = joint(z)
-    m = z @ before.alpha
-    # Weights w_i ∝ σ(k·m_i)/σ(m_i) turn the fitted preference σ(m) into σ(k·m) in expectation.
-    k = 0.5
-    w = (1 / (1 + np.exp(-k * m))) / (1 / (1 + np.exp(-m)))
-    after = joint(z, w)
-    np.testing.assert_allclose(after.alpha, k * before.alpha, rtol=0.2)
-    assert np.all(after.lo < k * before.alpha) and np.all(k * before.alpha < after.hi)
-
-
-def test_joint_large_margins_are_not_mistaken_for_separation():
-    rng = np.random.default_rng(9)
-    x = rng.normal(size=(2000, 2))
-    x[:5, 0] *= 40  # outliers: fitted margins far beyond the early-stop threshold
-    y = rng.random(2000) < 1 / (1 + np.exp(-x @ np.array([3.0, 0.5])))
-    fit = joint(np.where(y[:, None], x, -x))
-    assert fit.converged and not any(fit.notes) and np.abs(x @ fit.alpha).max() > A.SATURATED
-    assert fit.lo[0] < 3.0 < fit.hi[0]
-
-
-def test_joint_degenerate_cases_give_notes_not_exceptions():
-    rng = np.random.default_rng(5)
-    base = bt_pairs(300, np.array([0.8]), seed=5)[:, 0]
-    rare = np.where(rng.random(300) < 0.03, rng.lognormal(size=300), 0.0)  # Δ > 0 wherever nonzero
-    z = np.column_stack([base, np.zeros(300), 2 * base, rare])
-    fit = joint(z, names=["a", "zero", "double", "rare"])
-    assert np.isfinite(fit.alpha[0])
-    assert np.isnan(fit.alpha[1:]).all()
-    assert "no difference" in fit.notes[1]
-    assert "linearly dependent on a" in fit.notes[2]
-    assert "separation" in fit.notes[3]
-    # Fewer than MIN_PAIRS pairs: nothing fitted.
-    few = joint(z[:5])
-    assert np.isnan(few.alpha).all() and "too few pairs" in few.note
-    # Complete separation: every pair decided by one concept.
-    sep = joint(np.abs(base)[:, None] + 0.1, names=["s"])
-    assert np.isnan(sep.alpha[0]) and "perfect separation" in sep.notes[0]
-
-
-def test_correlated_pairs_are_flagged():
-    rng = np.random.default_rng(6)
-    a = rng.normal(size=500)
-    z = np.column_stack([a, a + 0.3 * rng.normal(size=500), rng.normal(size=500), np.zeros(500)])
-    got = correlated_pairs(z, ["a", "b", "c", "zero"])
-    assert [(x["a"], x["b"]) for x in got] == [("a", "b")] and got[0]["r"] > 0.9
-
-
-# ---------------------------------------------------------------------------------------------
 # audit_scores on tables
 
 
@@ -249,7 +74,7 @@ def test_audit_scores_fields_and_degenerate_concepts():
     assert table_concepts(table) == ["good", "constant", "noise"]
     res = audit_scores(table, seed=1, n_boot=500)
     doc = json.loads(res.to_json())
-    assert doc["format"] == A.FORMAT and doc["pairs"] == n - 1
+    assert doc["format"] == AUDIT_FORMAT and doc["pairs"] == n - 1
     assert "1 pairs with a missing score were left out" in doc["notes"]
     good, const, noise = doc["concepts"]
     for key in ("name", "mean_delta", "d", "d_ci", "win_rate", "p", "q", "alpha", "alpha_ci", "share", "split_half_stable"):
@@ -274,6 +99,8 @@ def test_audit_scores_weights_and_fixed_scale():
     unit = audit_scores(table, weights=np.ones(n), n_boot=200)
     assert unit.concept("a").alpha == pytest.approx(plain.concept("a").alpha)
     assert unit.settings["weighted"] and "sandwich" in unit.settings["alpha_ci"]
+    # the scale is the pooled sd of both sides' scores (ethos.runtime.stats.standardise)
+    np.testing.assert_allclose([plain.concept(k).scale for k in ("a", "b")], pooled_sd(sc, sr))
     scale = {k: plain.concept(k).scale for k in ("a", "b")}
     half = audit_scores(table.iloc[: n // 2], scale=scale, n_boot=0)
     assert half.concept("a").scale == scale["a"]
@@ -286,6 +113,43 @@ def test_audit_scores_weights_and_fixed_scale():
     assert few.notes == ["too few pairs (3 with weight > 0; need 10)"]
     assert np.isnan(few.concept("a").d) and np.isnan(few.concept("a").alpha)
     assert audit_scores(table, weights=np.zeros(n), n_boot=50).joint["note"].startswith("too few pairs")
+
+
+def test_length_as_a_covariate_and_as_an_audited_concept():
+    rng = np.random.default_rng(9)
+    n = 1500
+    lc, lr = rng.normal(120, 40, n), rng.normal(105, 40, n)  # chosen replies ~15 tokens longer
+    cols = {
+        "by_length": (0.05 * lc + rng.normal(0, 1, n), 0.05 * lr + rng.normal(0, 1, n)),  # counts that grow with length
+        "own": (rng.normal(0.3, 1, n), rng.normal(0, 1, n)),  # an effect of its own
+    }
+    names = list(cols)
+    table = score_table(np.column_stack([cols[k][0] for k in names]), np.column_stack([cols[k][1] for k in names]), names)
+    plain = audit_scores(table, n_boot=0)
+    assert plain.length is None and np.isnan(plain.concept("own").alpha_with_length)
+    assert "length" not in plain.to_dict() and "length_covariate" not in plain.settings  # the planner's re-fits unchanged
+    res = audit_scores(table, n_boot=0, length=(lc, lr))
+    by, own = res.concept("by_length"), res.concept("own")
+    # alpha itself is the concepts-only fit, as before; the new fields add the fit with length
+    assert by.alpha == plain.concept("by_length").alpha == by.alpha_without_length
+    assert by.alpha_without_length > 0.2 and abs(by.alpha_with_length) < 0.1  # length took its place
+    assert by.length_explains == pytest.approx(1.0, abs=0.15) and abs(by.d_length_adjusted) < 0.05
+    assert own.alpha_with_length == pytest.approx(own.alpha_without_length, abs=0.05)
+    assert abs(own.length_explains) < 0.15
+    doc = res.to_dict()
+    assert list(doc)[list(doc).index("joint") + 1] == "length"
+    assert doc["length"]["source"] == "covariate" and doc["length"]["alpha"] > 0 and doc["length"]["d"] > 0
+    assert doc["length"]["pseudo_r2_with"] > doc["length"]["pseudo_r2_without"]
+    assert doc["concepts"][0]["alpha_with_length_ci"][0] < doc["concepts"][0]["alpha_with_length_ci"][1]
+    # the same length as an audited concept: the joint fit has it already; "without" drops it
+    table["tokens.chosen"], table["tokens.rejected"] = lc, lr
+    as_concept = audit_scores(table, n_boot=0, length_concept="tokens", lenses={"tokens": "metric length"})
+    by2 = as_concept.concept("by_length")
+    assert by2.alpha == by2.alpha_with_length == pytest.approx(by.alpha_with_length)
+    assert by2.alpha_without_length == pytest.approx(by.alpha_without_length)
+    assert np.isnan(as_concept.concept("tokens").length_explains)
+    assert as_concept.length["source"] == "concept" and as_concept.length["concept"] == "tokens"
+    assert as_concept.length["lens"] == "metric length"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,61 +213,6 @@ def test_random_sides_report_no_concept_in_95_percent_of_seeds(planted_plan, bas
     assert hits / seeds < 0.05, hits
 
 
-# ---------------------------------------------------------------------------------------------
-# Discovery on synthetic latent matrices
-
-
-def test_discovery_finds_a_planted_latent_block_and_labels_it():
-    c, r = planted_latents(0)
-    called = []
-
-    def tokens(j):
-        called.append(j)
-        return ["hope", "helps"]
-
-    res = discover(c, r, snippets=lambda j: [f"reply with latent {j}"], tokens=tokens, n_boot=500)
-    top = res.candidates[0]
-    assert top.features == [100, 101, 102, 103, 104]
-    assert top.d > 0 and top.q < 0.001 and top.d_ci[0] > 0
-    assert top.name == "found_1_hope"
-    assert set(top.labels) <= {str(j) for j in top.features} and len(top.labels) == 3
-    assert top.labels[str(top.features[0])]["snippets"][0].startswith("reply with latent")
-    assert set(called) <= set(top.features)
-    assert res.tested <= res.d_sae and len(res.p) == res.d_sae
-
-
-def test_discovery_null_matrices_give_no_candidates_in_95_percent_of_seeds():
-    """400 pairs × 512 latents, 5% nonzero, chosen and rejected iid: 100 seeds; observed: 4 of
-    100 seeds (4%) with any candidate (6 of 200, 3%; at 1% density 0 of 200: the sign test is
-    discrete and conservative there)."""
-    seeds, hits = 100, 0
-    for s in range(seeds):
-        rng = np.random.default_rng(10_000 + s)
-        res = discover(sparse(rng, 400, 512, 0.05), sparse(rng, 400, 512, 0.05), n_boot=0)
-        hits += bool(res.candidates)
-    assert hits / seeds < 0.05, hits
-
-
-def test_discovery_joins_the_concepts_bh_family():
-    c, r = planted_latents(1)
-    p = np.array([0.001, 0.5])
-    res = discover(c, r, extra_p=p, n_boot=0)
-    family = np.concatenate([p, res.p])
-    np.testing.assert_allclose(np.r_[res.extra_q, res.q][~np.isnan(family)], bh(family)[~np.isnan(family)])
-    assert res.extra_q[0] > 0.001  # the family is larger than the two concepts
-
-
-def test_discovery_opposite_effects_stay_apart():
-    rng = np.random.default_rng(2)
-    c, r = sparse(rng, 500, 64), sparse(rng, 500, 64)
-    on = rng.random(500) < 0.4
-    c[on, 3] += 2.0
-    r[on, 7] += 2.0  # latent 7 fires on the rejected side of the very same pairs
-    res = discover(c, r, n_boot=0)
-    groups = [cand.features for cand in res.candidates]
-    assert [3] in groups and [7] in groups
-
-
 def test_audit_scores_with_latents_and_draft_policy_compiles(tmp_path):
     c, r = planted_latents(3, n=300, d=128, block=(5, 6, 7))
     rng = np.random.default_rng(3)
@@ -423,29 +232,178 @@ def test_audit_scores_with_latents_and_draft_policy_compiles(tmp_path):
     assert f"keep concept {doc['candidates'][0]['name']};" in text
 
 
+def test_heldout_validation_through_audit_scores(tmp_path):
+    c, r = planted_latents(4, n=600, d=256, block=(10, 11, 12))
+    rng = np.random.default_rng(4)
+    table = score_table(rng.normal(0.3, 1, (600, 1)), rng.normal(0, 1, (600, 1)), ["verbosity"])
+    held = holdout_split(600, 0.3, seed=4)
+    whole = audit_scores(table, latents=(c, r), n_boot=100)
+    res = audit_scores(table, latents=(c, r), holdout=held, n_boot=100)
+    doc = res.to_dict()
+    top = doc["candidates"][0]
+    assert top["features"] == [10, 11, 12] and top["replicated"] is True
+    assert top["heldout"]["n"] == 180 and top["heldout"]["q"] < 1e-6 and top["heldout"]["d"] > 0
+    val = doc["discovery"]["validation"]
+    assert (val["discovery_pairs"], val["heldout_pairs"], val["fraction"]) == (420, 180, 0.3)
+    assert val["replicated"] == sum(c["replicated"] for c in doc["candidates"])
+    assert doc["settings"]["validate"] == 0.3
+    cols = doc["discovery"]["columns"]
+    assert {"d", "q", "p"} <= set(cols["selection_biased"]) and set(cols["not_selection_biased"]) == {"heldout", "replicated"}
+    # the concepts are audited on all pairs; discovery saw only the other 70%
+    assert doc["concepts"][0]["n"] == 600 and doc["pairs"] == 600
+    assert whole.concept("verbosity").d == res.concept("verbosity").d
+    assert "validation" not in whole.to_dict()["discovery"] and whole.candidates[0].replicated is None
+    assert whole.to_dict()["discovery"]["columns"]["not_selection_biased"] == []
+    text = draft_policy(doc, draft_path=tmp_path / "d.ethos")
+    assert "held-out (180 pairs)" in text and ": replicated" in text and "selection-biased" in text
+    assert compile_source(text, str(tmp_path / "d.ethos")).ok
+    # null latents, discovery at a lenient q < 0.5: what it picks does not replicate (at q < 0.05)
+    found = replicated = 0
+    for seed in range(20):
+        nrng = np.random.default_rng(50 + seed)
+        null_c, null_r = sparse(nrng, 300, 64, 0.05), sparse(nrng, 300, 64, 0.05)
+        nres = audit_scores(score_table(nrng.normal(0, 1, (300, 1)), nrng.normal(0, 1, (300, 1)), ["v"]),
+                            latents=(null_c, null_r), holdout=holdout_split(300, 0.5, seed), n_boot=0,
+                            discover_options={"q_max": 0.5})
+        found += len(nres.candidates)
+        replicated += sum(bool(c.replicated) for c in nres.candidates)
+    assert found >= 10 and replicated <= 1, (found, replicated)
+    with pytest.raises(ValueError):
+        audit_scores(table, latents=(c, r), holdout=held[:10])
+
+
+def test_contrastive_ngrams_name_the_phrase_with_their_evidence(base_pairs):
+    texts = [p.chosen for p in base_pairs.pairs]
+    top = [t + PHRASE for t in texts[:20]]
+    got = contrastive_ngrams(top, texts[20:300] + [t + PHRASE for t in texts[300:340]])
+    best = got[0]
+    assert best.text == "hope this helps" and best.top == 20 and best.background == 40 and best.z > 3
+    assert all(g.text not in ("hope", "helps", "hope this", "this helps") for g in got)  # the phrase stands for its words
+    assert ngrams("Hope this helps. I don't know!") == {"hope", "helps", "hope this", "this helps", "hope this helps",
+                                                         "know", "don't know", "i don't know"}
+    assert contrastive_ngrams([], texts[:5]) == []
+
+
+def test_candidate_labeler_labels_and_names_a_planted_candidate(base_pairs, tmp_path):
+    pairs = base_pairs.pairs[:300]
+    rng = np.random.default_rng(6)
+    on_c, on_r = rng.random(300) < 0.5, rng.random(300) < 0.05
+    texts_c = [p.chosen + (PHRASE if on_c[i] else "") for i, p in enumerate(pairs)]
+    texts_r = [p.rejected + (PHRASE if on_r[i] else "") for i, p in enumerate(pairs)]
+    c, r = sparse(rng, 300, 64), sparse(rng, 300, 64)
+    c[on_c, 7] += 3.0  # a latent that fires on the phrase
+    r[on_r, 7] += 3.0
+    label = candidate_labeler(c, r, texts_c, texts_r, seed=0)
+    got = label([7])
+    assert got["text"] == "hope this helps" and got["side"] == "chosen" and got["top_replies"] == 20
+    assert got["ngrams"][0]["top"] == 20 and got["ngrams"][0]["background"] < got["background_replies"] / 2
+    table = score_table(rng.normal(0, 1, (300, 1)), rng.normal(0, 1, (300, 1)), ["hedging"])
+    res = audit_scores(table, latents=(c, r), n_boot=0, discover_options={"label": label})
+    assert res.candidates[0].name == "hope_this_helps" and res.candidates[0].features == [7]
+    doc = res.to_dict()
+    assert doc["candidates"][0]["label"]["text"] == "hope this helps"
+    text = draft_policy(doc, draft_path=tmp_path / "d.ethos")
+    assert "concept hope_this_helps = features 7 pool max;" in text and "label “hope this helps”" in text
+    assert compile_source(text, str(tmp_path / "d.ethos")).ok
+
+
+def test_candidate_names_are_identifiers_that_clash_with_nothing(tmp_path):
+    assert candidate_name(1, "hope this helps", [], set()) == "hope_this_helps"
+    assert candidate_name(2, "don't know", [], set()) == "dont_know"
+    assert candidate_name(3, "2 cups", [], set()) == "found_2_cups"
+    assert candidate_name(4, "keep", [], set(), KEYWORDS) == "keep_4"
+    assert candidate_name(5, "sycophancy", [], {"sycophancy_5"}, {"sycophancy"}) == "sycophancy_5_"
+    assert candidate_name(6, None, ["  ", "Hope"], set()) == "found_6_hope"
+    # KEYWORDS are every word of the grammar
+    import re
+
+    grammar = (Path(__file__).resolve().parents[2] / "compiler" / "grammar.lark").read_text()
+    assert KEYWORDS == set(re.findall(r'"([a-z]+)"', grammar))
+    # through discovery: labels that are keywords, library concepts, audited concepts, or repeat
+    c, r = planted_latents(8, n=400, d=64, block=(1, 2))
+    c2, r2 = planted_latents(9, n=400, d=64, block=(30, 31))
+    c[:, 30:32], r[:, 30:32] = c2[:, 30:32] * 3, r2[:, 30:32] * 3
+    table = score_table(np.random.default_rng(0).normal(0, 1, (400, 1)), np.zeros((400, 1)) + 0.1, ["hedging"])
+    for text in ("keep", "sycophancy", "hedging", "same words"):
+        res = audit_scores(table, latents=(c, r), n_boot=0, discover_options={
+            "label": lambda members, t=text: {"text": t}, "reserved": {"sycophancy"}})
+        names = [cand.name for cand in res.candidates]
+        assert len(names) >= 2 and len(set(names)) == len(names)
+        assert not set(names) & (KEYWORDS | {"sycophancy", "hedging"})
+        draft = draft_policy(res.to_dict(), draft_path=tmp_path / "d.ethos")
+        assert compile_source(draft, str(tmp_path / "d.ethos")).ok, (text, names)
+
+
 def test_snippets_come_from_the_pairs_where_a_latent_differs_most():
     # the labels follow the direction of the effect, not the largest activations
     chosen = np.array([[5.0], [5.0], [3.0], [2.0], [1.0], [0.0]])
     rejected = np.array([[9.0], [9.0], [0.0], [0.0], [0.0], [0.0]])
     texts_c = [f"c{i}" for i in range(6)]
     texts_r = [f"r{i}" for i in range(6)]
-    find = A.snippet_finder(chosen, rejected, texts_c, texts_r, k=3)
+    find = snippet_finder(chosen, rejected, texts_c, texts_r, k=3)
     # the mean Δ is (−4 −4 +3 +2 +1 + 0)/6 < 0: the rejected side's largest excesses, then nothing
     assert find(0) == ["r0", "r1"]
-    up = A.snippet_finder(chosen[2:], rejected[2:], texts_c[2:], texts_r[2:], k=2,
+    up = snippet_finder(chosen[2:], rejected[2:], texts_c[2:], texts_r[2:], k=2,
                           window=lambda side, i, latent: f"{'cr'[side]}{i + 2}@{latent}")
     assert up(0) == ["c2@0", "c3@0"]
 
 
 # ---------------------------------------------------------------------------------------------
-# The CLI handler
+# audit_dataset and the command line
+
+
+def test_audit_dataset_records_its_sources(ethos_cache):
+    plan = compile_file(PLANTED).plan
+    res = audit_dataset(plan, DataSettings(limit=40, seed=3), n_boot=50, policy=str(PLANTED))
+    doc = res.to_dict()
+    assert doc["rows"] == {"input": 40, "usable": 40, "excluded": {}} and doc["pairs"] == 40
+    src = doc["source"]
+    assert list(src) == ["data", "fingerprint", "policy", "concepts", "model", "layer", "sae", "limit"]
+    assert src["data"] == DataSettings().source and src["policy"] == str(PLANTED) and src["concepts"] == "policy"
+    assert src["limit"] == 40 and src["sae"] is None and len(src["fingerprint"]) == 64
+    assert doc["settings"]["seed"] == 3 and doc["settings"]["n_boot"] == 50 and doc["settings"]["seconds"] >= 0
+    assert {c["name"] for c in doc["concepts"]} == {c.name for c in plan.concepts}
+    # the policy measures length itself (words): that concept is the length in the joint fit
+    assert doc["settings"]["length_covariate"] == "the audited concept words (metric words)"
+    assert doc["length"]["source"] == "concept" and doc["length"]["concept"] == "words"
+    hedging = next(c for c in doc["concepts"] if c["name"] == "hedging")
+    assert hedging["alpha_with_length"] == hedging["alpha"] and hedging["alpha_without_length"] is not None
+    off = audit_dataset(plan, DataSettings(limit=40, seed=3), n_boot=0, length=False).to_dict()
+    assert "length" not in off and off["settings"]["length_covariate"] == "off"
+
+
+def test_audit_dataset_fits_length_in_tokens_as_a_covariate(tmp_path):
+    # the model's tokenizer (the default model, converted once into the default ethos cache, as
+    # test_featurize does); scores cached under tmp_path
+    plan = compile_source("keep concept hedging;\nkeep concept apology;\n", "<t>").plan
+    doc = audit_dataset(plan, DataSettings(limit=80), n_boot=0, cache_dir=tmp_path / "cache").to_dict()
+    assert doc["settings"]["length_covariate"].startswith("verbosity (metric length: tokens of smollm2-135m-instruct)")
+    assert doc["length"]["source"] == "covariate" and doc["length"]["lens"] == "metric length"
+    assert doc["length"]["d"] > 0  # chosen replies are longer in helpful-base
+    for c in doc["concepts"]:
+        assert c["alpha"] == c["alpha_without_length"] and c["alpha_with_length"] is not None
+        assert c["length_explains"] is not None
+
+
+def test_audit_dataset_errors_are_ethos_errors(tmp_path, ethos_cache):
+    from ethos.runtime.audit import AuditError
+    from ethos.runtime.errors import EthosError
+
+    assert issubclass(AuditError, EthosError)
+    plan = compile_source('sae "no-such-sae";\nkeep concept hedging;\n', str(tmp_path / "p.ethos")).plan
+    with pytest.raises(AuditError, match="--discover needs an SAE"):
+        audit_dataset(plan, DataSettings(path=str(tmp_path / "missing.jsonl")), discover=True)
+
+
+def test_command_line_defaults_are_the_statistics_defaults():
+    from ethos.runtime import stats
+    from ethos.runtime.cli import audit as audit_cli
+
+    assert (audit_cli.N_BOOT, audit_cli.Q_MAX) == (stats.N_BOOT, stats.Q_MAX)
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ethos")
-    A.register(parser.add_subparsers())
-    args = parser.parse_args(["audit", *argv])
-    return args.func(args)
+    return main(["audit", *argv])
 
 
 def test_cli_writes_json_markdown_html_and_a_draft(tmp_path, ethos_cache, capsys):
@@ -467,7 +425,10 @@ def test_cli_writes_json_markdown_html_and_a_draft(tmp_path, ethos_cache, capsys
 
 
 def test_cli_terminal_summary(tmp_path, ethos_cache, capsys):
-    assert cli(["--concepts", "hedging,apology", "--limit", "60", "--out", str(tmp_path), "--n-boot", "100"]) == 0
+    # --no-length: the length covariate needs the default model's tokenizer (converted into the
+    # fresh ETHOS_CACHE: ~30 s); test_audit_dataset_fits_length_in_tokens_as_a_covariate has it
+    assert cli(["--concepts", "hedging,apology", "--limit", "60", "--out", str(tmp_path), "--n-boot", "100",
+                "--no-length"]) == 0
     out = capsys.readouterr().out
     assert "rows: 60 input" in out and "hedging" in out and "audit.html" in out
 
@@ -488,27 +449,39 @@ def test_cli_errors(tmp_path, ethos_cache, capsys):
     assert cli(["--policy", str(missing), "--discover", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "--discover needs an SAE" in err and "unknown SAE 'no-such-sae'" in err
+    assert cli(["--concepts", "hedging", "--validate", "0.3"]) == 2
+    assert "--validate needs --discover" in capsys.readouterr().err
+    assert cli(["--concepts", "hedging", "--discover", "--validate", "1.5"]) == 2
+    assert "--validate must be a fraction between 0 and 1" in capsys.readouterr().err
 
 
 def test_cli_discover_with_the_tiny_model_and_sae(tmp_path, ethos_cache, tiny_model_dir, tiny_sae_dir, capsys):
     policy = tmp_path / "p.ethos"
     policy.write_text(f'model "{tiny_model_dir}" layer 0;\nsae "{tiny_sae_dir}";\nkeep concept hedging;\n')
     draft = tmp_path / "draft.ethos"
-    code = cli(["--policy", str(policy), "--discover", "--limit", "24", "--out", str(tmp_path / "o"),
-                "--emit-policy", str(draft), "--json", "--n-boot", "50", "--q-max", "0.5"])
+    args = ["--policy", str(policy), "--discover", "--limit", "24", "--out", str(tmp_path / "o"),
+            "--emit-policy", str(draft), "--n-boot", "50", "--q-max", "0.5", "--validate", "0.5"]
+    code = cli([*args, "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     doc = json.loads(captured.out)
     assert doc["discovery"]["d_sae"] == 32 and "candidates" in doc
     assert doc["source"]["sae"] == str(tiny_sae_dir)
     assert compile_file(draft).ok
+    val = doc["discovery"]["validation"]
+    assert (val["discovery_pairs"], val["heldout_pairs"]) == (12, 12) and doc["settings"]["validate"] == 0.5
+    assert all({"label", "heldout", "replicated"} <= set(c) for c in doc["candidates"])
+    # length in tokens of the policy's (tiny) model, as a covariate
+    assert doc["length"]["source"] == "covariate" and str(tiny_model_dir) in doc["settings"]["length_covariate"]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "length: length in tokens (a covariate)" in out and "without length →" in out
+    assert "held-out validation: 12 pairs set aside" in out
 
 
 def test_wired_into_the_ethos_command(tmp_path, ethos_cache, capsys):
-    from ethos.runtime.cli import main
-
     assert main(["audit", "--concepts", "hedging,apology", "--limit", "40", "--out", str(tmp_path), "--json",
-                 "--n-boot", "50"]) == 0
+                 "--n-boot", "50", "--no-length"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in doc["concepts"]] == ["apology", "hedging"]
     assert doc["rows"]["input"] == 40

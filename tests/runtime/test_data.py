@@ -1,4 +1,7 @@
-"""Tests for ethos.runtime.data: file types, formats, exclusion reasons, real data."""
+"""Tests for ethos.runtime.data: file types, formats, exclusion reasons, real data.
+
+Hostile inputs are in test_data_hostile.py, column mappings in test_data_mapping.py, Hub ids in
+test_data_hub.py."""
 
 from __future__ import annotations
 
@@ -142,6 +145,12 @@ HH_ROWS = [
 ]
 
 
+# where HH_ROWS[2] starts: JSON Lines line 3; the indented JSON array's third element, line 10;
+# CSV line 28 (after the header and rows 0 and 1, whose quoted transcripts span 9 and 17 lines);
+# Parquet and datasets folders have records, not lines
+HH_ROW_2_LINE = {"jsonl": 3, "jsonl.gz": 3, "json": 10, "csv": 28, "parquet": None, "saved": None}
+
+
 @pytest.mark.parametrize("kind", list(WRITERS))
 def test_every_file_type_gives_the_same_pairs(tmp_path: Path, kind: str) -> None:
     name, writer = WRITERS[kind]
@@ -153,8 +162,12 @@ def test_every_file_type_gives_the_same_pairs(tmp_path: Path, kind: str) -> None
         Pair("0", (user("Hi there"),), "Hello! How can I help?", "Go away."),
         Pair("1", (user("What is 2+2?"), Message("assistant", "4"), user("And 3+3?")), "6", "7"),
     ]
-    assert result.exclusions == [Exclusion(2, "identical", "chosen and rejected are the same text")]
+    line = HH_ROW_2_LINE[kind]
+    assert result.exclusions == [Exclusion(2, "identical", "chosen and rejected are the same text", line)]
+    assert result.exclusions[0].position == (f"line {line}" if line else "record 3")
+    assert "Human: Same" in result.exclusions[0].preview
     assert result.counts() == {"input": 3, "usable": 2, "excluded": {"identical": 1}}
+    assert result.mapping is None and result.alarm is None
 
 
 @pytest.mark.parametrize("kind", ["parquet", "csv", "saved"])
@@ -198,6 +211,13 @@ def test_saved_datasetdict_with_one_split_and_with_several(tmp_path: Path) -> No
     with pytest.raises(DataError, match="splits train, test"):
         load_pairs(tmp_path / "two")
     assert load_pairs(tmp_path / "two" / "train").input_rows == 3
+    assert load_pairs(tmp_path / "two", split="test").split == "test"
+    assert load_pairs(tmp_path / "two", split="test").counts()["usable"] == 2
+    with pytest.raises(DataError, match="no split 'dev'; the splits are train, test") as info:
+        load_pairs(tmp_path / "two", split="dev")
+    assert info.value.exit_code == 2
+    with pytest.raises(DataError, match="a dataset without splits"):
+        load_pairs(tmp_path / "two" / "train", split="train")
 
 
 def test_json_file_holding_json_lines_and_a_bom(tmp_path: Path) -> None:
@@ -395,10 +415,11 @@ def test_every_reason_once(tmp_path: Path) -> None:
         json.dumps({"prompt": "Q", "chosen": None, "rejected": "no"}).encode(),  # 9 missing_field (null)
         json.dumps({"prompt": " ", "chosen": "yes", "rejected": "no"}).encode(),  # 10 missing_field (blank prompt)
         json.dumps({"prompt": "Q", "chosen": [], "rejected": "no"}).encode(),  # 11 not_text (no message)
+        json.dumps({"chosen": hh("Q", "yes"), "rejected": hh("Q", "no")}).encode(),  # 12 format_mismatch
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     result = load_pairs(path, max_chars=40)
-    assert result.input_rows == 12
+    assert result.input_rows == 13
     assert [p.id for p in result.pairs] == ["0"]
     assert [(e.row, e.reason) for e in result.exclusions] == [
         (1, "missing_field"),
@@ -412,10 +433,18 @@ def test_every_reason_once(tmp_path: Path) -> None:
         (9, "missing_field"),
         (10, "missing_field"),
         (11, "not_text"),
+        (12, "format_mismatch"),
     ]
-    assert "line 9" in result.exclusions[6].detail  # details point at the file line
+    # every exclusion names its file line (from 1; the blank line 8 counts as a line, not a row)
+    assert [e.line for e in result.exclusions] == [2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14]
+    assert result.exclusions[6].position == "line 9"
+    assert "invalid UTF-8" in result.exclusions[5].detail and "\ufffd" in result.exclusions[5].preview
+    assert "hh-rlhf" in result.exclusions[-1].detail and "trl" in result.exclusions[-1].detail
     counts = result.counts()
-    assert counts["excluded"] == {"empty_reply": 1, "identical": 1, "missing_field": 3, "not_text": 2, "too_long": 1, "undecodable": 3}
+    assert counts["excluded"] == {
+        "empty_reply": 1, "format_mismatch": 1, "identical": 1, "missing_field": 3, "not_text": 2,
+        "too_long": 1, "undecodable": 3,
+    }
     assert list(counts["excluded"]) == sorted(counts["excluded"])
     assert counts["usable"] + sum(counts["excluded"].values()) == counts["input"]
     assert {e.reason for e in result.exclusions} | {"tie"} == set(REASONS)  # tie: see pairwise tests
@@ -430,8 +459,10 @@ def test_too_long_counts_prompt_and_both_replies(tmp_path: Path) -> None:
 
 def test_strict_raises_on_first_exclusion(tmp_path: Path) -> None:
     rows = [{"prompt": "Q", "chosen": "a", "rejected": "b"}, {"prompt": "Q", "chosen": "a", "rejected": "a"}, {"prompt": "Q"}]
-    with pytest.raises(DataError, match=r"row 1: identical"):
+    with pytest.raises(DataError, match=r"rows\.jsonl: line 2: identical"):  # lines count from 1
         load_rows(tmp_path, rows, strict=True)
+    with pytest.raises(DataError, match=r"l\.parquet: record 2: identical"):
+        load_pairs(write_parquet(tmp_path / "l.parquet", rows), strict=True)
     assert load_rows(tmp_path, rows[:1], strict=True).counts()["usable"] == 1
 
 

@@ -3,16 +3,14 @@ the plan's lenses, the report, and both CLI handlers (one-line errors, exit code
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ethos.runtime import evaluate as E
-from ethos.runtime import train_cli
+from ethos.runtime.report import render_evaluate_html, render_evaluate_markdown
 
 POLICY = 'policy "t";\nconcept marker = lexicon "marker.txt";\nblock concept marker via loss;\nkeep concept hedging;\n'
 
@@ -50,7 +48,7 @@ def test_read_prompts_formats(tmp_path):
 
 
 def test_report_from_scores(policy):
-    plan = E._plan_for(str(policy))
+    plan = E.plan_for(str(policy))
     prompts = [[{"role": "user", "content": f"p{i}"}] for i in range(6)]
     base = {"replies": [["a"]] * 6, "scores": {"marker": np.zeros((6, 1)), "hedging": np.ones((6, 1))}}
     run = {"replies": [["b"]] * 6, "scores": {"marker": np.full((6, 1), 2.0), "hedging": np.ones((6, 1))}}
@@ -60,15 +58,15 @@ def test_report_from_scores(policy):
     rows = {r["concept"]: r for r in doc["models"][0]["concepts"]}
     assert rows["marker"]["shift"] == 2.0 and rows["marker"]["shift_sd"] == 0.5 and rows["marker"]["predicted"] == 0.0
     assert rows["hedging"]["predicted"] == pytest.approx(0.2) and rows["hedging"]["shift"] == 0.0
-    md = E.render_markdown(doc)
+    md = render_evaluate_markdown(doc)
     assert "| marker |" in md and "too few" in md
-    html = E.render_html(doc)
+    html = render_evaluate_html(doc)
     assert "<h2>m</h2>" in html and "marker" in html and "hedging" in html and "<script" not in html.lower()
 
 
 def _scores_doc(policy, replies=("<script>alert(1)</script>", "fine")):
     """A report document from hand-made scores (no model), with a hostile generation."""
-    plan = E._plan_for(str(policy))
+    plan = E.plan_for(str(policy))
     prompts = [[{"role": "user", "content": f"p{i} <i>"}] for i in range(6)]
     rng = np.random.default_rng(0)
     base = {"replies": [["a"]] * 6, "scores": {"marker": rng.normal(size=(6, 1)), "hedging": rng.normal(size=(6, 1))}}
@@ -82,7 +80,7 @@ def test_cli_writes_json_markdown_and_html(policy, tmp_path, monkeypatch, capsys
     from ethos.runtime.cli import main
 
     doc = _scores_doc(policy)
-    monkeypatch.setattr(E, "evaluate", lambda **kw: doc)
+    monkeypatch.setattr(E, "evaluate", lambda settings, **kw: doc)
     out = tmp_path / "ev"
     code = main(["evaluate", "--base", "b", "--models", "m", "--prompts", "p.jsonl", "--policy", str(policy),
                  "--out", str(out)])
@@ -93,7 +91,7 @@ def test_cli_writes_json_markdown_and_html(policy, tmp_path, monkeypatch, capsys
     saved = json.loads((out / "evaluate.json").read_text())
     md, html = (out / "evaluate.md").read_text(), (out / "evaluate.html").read_text()
     assert captured.out.strip() == md.strip()
-    assert md == E.render_markdown(saved) and html == E.render_html(saved)  # rendered from what was saved
+    assert md == render_evaluate_markdown(saved) and html == render_evaluate_html(saved)  # rendered from what was saved
     for text in (md, html):
         assert "marker" in text and "hedging" in text and "shaped" in text
         assert "<script>" not in text and "&lt;script&gt;" in text
@@ -110,7 +108,7 @@ def test_generate_and_score_with_tiny_model(tiny_model_dir, policy, ethos_cache)
     assert len(greedy) == 2 and greedy == E.generate(model, tok, prompts, max_new_tokens=4)
     s0 = E.generate(model, tok, prompts, max_new_tokens=4, sample_seed=0)
     assert s0 == E.generate(model, tok, prompts, max_new_tokens=4, sample_seed=0)  # fixed seeds reproduce
-    plan = E._plan_for(str(policy))
+    plan = E.plan_for(str(policy))
     scorer = E.Scorer(plan, model, tok, fp, None, str(tiny_model_dir))
     sc = scorer.score(prompts, ["I hope this helps", "Paris."])
     assert sc["marker"][0] > 0 and sc["marker"][1] == 0
@@ -125,21 +123,28 @@ def _apply_dir(tmp_path: Path, policy: Path) -> Path:
     from ethos.compiler.compile import compile_file
     from ethos.compiler.plan import dump_plan
 
+    from ethos.runtime.outputs import FolderWriter
+
     d = tmp_path / "apply"
-    d.mkdir()
     plan = compile_file(str(policy)).plan
-    (d / "plan.json").write_text(dump_plan(plan))
     rows = [{"id": str(i), "prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
              "rejected": [{"role": "assistant", "content": r}], "weight": 1.0, "margin_offset": 0.5 * i,
              "inoculation": None}
-            for i, (p, c, r) in enumerate([("Hello", "I am fine, thank you!", "Sorry."),
-                                           ("Capital of France?", "Paris. I hope this helps", "It may be Paris.")])]
-    pq.write_table(pa.Table.from_pylist(rows), d / "dataset.parquet")
-    (d / "train.json").write_text(json.dumps({
-        "model": "smollm2-135m-instruct", "layer": None, "sae": "default", "policy": str(policy),
-        "concepts": {"marker": {"alpha": 1.2, "scale": 3.0}}, "training_interventions": [],
-        "defaults": {"beta": 0.1, "learning_rate": 2e-4, "lora": True, "lora_r": 16, "max_length": 256}}))
+            for i, (p, c, r) in enumerate(PAIRS)]
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    with FolderWriter(d, "apply", names=["plan.json", "dataset.parquet", "train.json"]) as w:  # a complete folder
+        w.write("plan.json", dump_plan(plan))
+        w.write("dataset.parquet", sink.getvalue().to_pybytes())
+        w.write("train.json", json.dumps({
+            "model": "smollm2-135m-instruct", "layer": None, "sae": "default", "policy": str(policy),
+            "concepts": {"marker": {"alpha": 1.2, "scale": 3.0}}, "training_interventions": [],
+            "defaults": {"beta": 0.1, "learning_rate": 2e-4, "lora": True, "lora_r": 16, "max_length": 256}}))
     return d
+
+
+PAIRS = [("Hello", "I am fine, thank you!", "Sorry."),
+         ("Capital of France?", "Paris. I hope this helps", "It may be Paris.")]
 
 
 def test_train_and_evaluate_cli_on_a_tiny_model(tiny_model_dir, policy, tmp_path, ethos_cache, monkeypatch, capsys):

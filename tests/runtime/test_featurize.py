@@ -3,7 +3,6 @@ merge, the CLI handler, and one integration run on the real default model with h
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -24,7 +23,8 @@ from ethos.compiler.plan import (
     Source,
 )
 from ethos.runtime.data import LoadResult, Message, Pair, load_pairs
-from ethos.runtime.featurize import featurize, merge_scores, read_scores, register, run, write_scores
+from ethos.runtime.cli import main
+from ethos.runtime.featurize import featurize, merge_scores, read_scores, write_scores
 
 REPLIES = [
     "Sure! Here is how: - step one\n- step two",
@@ -122,9 +122,9 @@ def test_warm_rerun_computes_nothing_and_loads_no_model(
     plan = make_plan(policy_dir, tiny_model_dir)
     data = make_pairs(6)
     cold = featurize(plan, data, cache_dir=tmp_path / "c", progress=False)
-    import ethos.runtime.featurize as fz
+    import ethos.runtime.model as model
 
-    monkeypatch.setattr(fz, "load_model", lambda *a, **k: pytest.fail("warm rerun loaded the model"))
+    monkeypatch.setattr(model, "load_model", lambda *a, **k: pytest.fail("warm rerun loaded the model"))
     warm = featurize(plan, data, cache_dir=tmp_path / "c", progress=False)
     pd.testing.assert_frame_equal(cold, warm)
     assert warm.attrs["ethos"]["stats"]["shards_written"] == 0
@@ -167,10 +167,7 @@ def test_shards_merge_to_exactly_the_single_run(tmp_path: Path, policy_dir: Path
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ethos")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["featurize", *argv])
-    return args.func(args)
+    return main(["featurize", *argv])
 
 
 def test_cli_json_accounts_for_every_input_row(

@@ -13,10 +13,10 @@ import torch
 from ethos.compiler.names import METRICS
 from ethos.compiler.plan import Concept, FeaturesLens, FileRef, LexiconLens, MetricLens, ProbeLens, Span
 from ethos.runtime.lenses import LENSES, LensContext, LensError, build_lens, per_100_words, words
-from ethos.runtime.lenses.features import resolve_sae
 from ethos.runtime.lenses.metric import IMPLEMENTED
 from ethos.runtime.lenses.probe import direction_sha256
-from ethos.runtime.model import Encoder, ModelRuntime, load_model
+from ethos.runtime.model import ModelRuntime, model_runtime
+from ethos.runtime.sae import SAEError, find_sae
 
 
 def ref(path: Path, root: str = "policy") -> FileRef:
@@ -104,8 +104,7 @@ def test_library_files_resolve_against_the_library_root() -> None:
 
 @pytest.fixture(scope="module")
 def runtime(tiny_model_dir: Path) -> ModelRuntime:
-    model, tok, fp = load_model(tiny_model_dir, dtype=torch.float32)
-    return ModelRuntime(Encoder(model, 0, pad_id=tok.pad_token_id), tok, fp, str(tiny_model_dir), batch_size=4)
+    return model_runtime(tiny_model_dir, layer=0, dtype=torch.float32, batch_size=4)
 
 
 def probe_file(tmp_path: Path) -> Path:
@@ -172,6 +171,27 @@ def test_features_lens_sums_pooled_latents(tiny_sae_dir: Path, runtime: ModelRun
     assert got[2]["mean"] != got[2]["mean"]  # NaN for a reply without tokens
 
 
+def test_features_lens_uses_the_sae_in_float32(tmp_path: Path, tiny_sae_dir: Path, runtime: ModelRuntime) -> None:
+    """An SAE stored in bf16 is used in float32 (the one loader), like everywhere else."""
+    from sae_lens import SAE
+
+    from ethos.runtime.sae import save_sae
+
+    folder = tmp_path / "bf16"
+    save_sae(SAE.load_from_disk(tiny_sae_dir), folder, dtype=torch.bfloat16)
+    assert json.loads((folder / "cfg.json").read_text())["dtype"] == "bfloat16"
+    ctx = LensContext(sae=str(folder), runtime=runtime, model_fingerprint=runtime.fingerprint, layer=0)
+    lens = build_lens(Concept(name="f", lens=FeaturesLens(latents=(1, 7)), origin="policy"), ctx)
+    lens.prepare(ctx)
+    assert lens.to_dict()["version"] == 2
+    acts = [torch.randn(6, 64) * 3]
+    got = lens.score_activations(acts)[0]
+    sae = SAE.load_from_disk(folder, dtype="float32")
+    z = sae.encode(acts[0]).detach()[:, [1, 7]]
+    assert got["mean"] == pytest.approx(float(z.mean(0).sum()), abs=1e-5)
+    assert got["max"] == pytest.approx(float(z.max(0).values.sum()), abs=1e-5)
+
+
 def test_latent_out_of_range_names_the_policy_line(tiny_sae_dir: Path) -> None:
     span = Span(file="specs/x.ethos", line=7, column=28, end_line=7, end_column=40)
     concept = Concept(name="f", lens=FeaturesLens(latents=(3, 5000)), origin="policy", span=span)
@@ -181,13 +201,16 @@ def test_latent_out_of_range_names_the_policy_line(tiny_sae_dir: Path) -> None:
 
 
 def test_sae_names_resolve_in_one_place(tmp_path: Path, tiny_sae_dir: Path, ethos_cache: Path) -> None:
-    assert resolve_sae(str(tiny_sae_dir)) == tiny_sae_dir
+    assert find_sae(str(tiny_sae_dir)) == tiny_sae_dir
     from ethos.compiler.names import LIBRARY_ROOT
 
-    assert resolve_sae("default") == LIBRARY_ROOT / "saes" / "default"  # the shipped SAE
+    assert find_sae("default") == LIBRARY_ROOT / "saes" / "default"  # the shipped SAE
+    with pytest.raises(SAEError, match="unknown SAE 'nope'"):
+        find_sae("nope")
+    # the features lens names the same error as a LensError
     with pytest.raises(LensError, match="unknown SAE 'nope'"):
-        resolve_sae("nope")
+        build_lens(Concept(name="f", lens=FeaturesLens(latents=(1,)), origin="policy"), LensContext(sae="nope"))
     import shutil
 
     shutil.copytree(tiny_sae_dir, ethos_cache / "saes" / "default")
-    assert resolve_sae("default") == ethos_cache / "saes" / "default"  # a cached one takes precedence
+    assert find_sae("default") == ethos_cache / "saes" / "default"  # a cached one takes precedence

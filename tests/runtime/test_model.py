@@ -16,6 +16,7 @@ from ethos.runtime.model import (
     layer_of_hook,
     load_model,
     model_fingerprint,
+    model_runtime,
     resolve_model,
     tokenize_pair,
 )
@@ -150,3 +151,53 @@ def test_long_sequences_are_cut_to_max_tokens(tiny) -> None:
     pt = tokenize_pair(tok, prompt, ["fine " * 100, "no"], max_tokens=64)
     assert all(len(pt.prompt) + len(c) <= 64 for c in pt.continuations)
     assert pt.spans[0][1] <= 32
+
+
+def test_shared_forward_rows_copies_and_a_run_to_the_end(tiny) -> None:
+    """Row b*n*copies + c*n + j is continuation j of prompt b (every copy the same); run to the
+    end, the final hidden state is the full model's, and an edit of the layer's output changes
+    only the blocks after it."""
+    model, tok, _ = tiny
+    enc = Encoder(model, 0, pad_id=tok.pad_token_id)
+    items = [tokenize_pair(tok, p, r) for p, r in zip(PROMPTS[:2], REPLIES[:2])]
+    prompts, conts = [it.prompt for it in items], [it.continuations for it in items]
+    fw = enc.shared_forward(prompts, conts, copies=2)
+    assert fw.final is None and fw.hidden.shape[0] == 2 * 2 * 2 and (fw.n, fw.copies) == (2, 2)
+    full = enc.shared_forward(prompts, conts, copies=2, to_end=True)
+    for b, it in enumerate(items):
+        torch.testing.assert_close(fw.prompt_hidden[b, : len(it.prompt)], enc.hidden(torch.tensor([list(it.prompt)]))[0])
+        for c in range(2):
+            for j, cont in enumerate(it.continuations):
+                r = b * 4 + c * 2 + j
+                ids = torch.tensor([list(it.prompt) + list(cont)])
+                assert fw.ids[r, : len(cont)].tolist() == list(cont) and int(fw.mask[r].sum()) == len(cont)
+                torch.testing.assert_close(fw.hidden[r, : len(cont)], enc.hidden(ids)[0, len(it.prompt):], atol=1e-4, rtol=1e-4)
+                with torch.no_grad():
+                    last = model.model(ids).last_hidden_state[0, len(it.prompt):]
+                torch.testing.assert_close(full.final[r, : len(cont)], last, atol=1e-4, rtol=1e-4)
+    seen: list[tuple[int, ...]] = []
+
+    def zero_second_copy(h: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(h.shape))
+        h = h.clone()
+        h[2:4] = 0  # prompt 0, copy 1
+        return h
+
+    edited = enc.shared_forward(prompts, conts, copies=2, to_end=True, edit=zero_second_copy)
+    assert seen == [tuple(full.hidden.shape)]  # the edit sees the continuation rows only, once
+    torch.testing.assert_close(edited.hidden, full.hidden)  # ``hidden`` is the layer's output before the edit
+    torch.testing.assert_close(edited.final[:2], full.final[:2])
+    assert not torch.allclose(edited.final[2:4], full.final[2:4])
+
+
+def test_model_runtime_from_a_name_or_a_loaded_model(tiny_model_dir: Path, tiny) -> None:
+    rt = model_runtime(tiny_model_dir, batch_size=3)
+    assert rt.layer == 1 and rt.name == str(tiny_model_dir) and rt.fingerprint == model_fingerprint(tiny_model_dir)
+    assert rt.batch_size == 3 and rt.encoder.pad_id == rt.tokenizer.pad_token_id
+    model, tok, fp = tiny
+    rt = model_runtime(model, tokenizer=tok, layer=0, fingerprint=fp, name="tiny")
+    assert rt.encoder.model is model and (rt.layer, rt.fingerprint, rt.name) == (0, fp, "tiny")
+    with pytest.raises(ModelError, match="tokenizer"):
+        model_runtime(model)
+    with pytest.raises(ModelError, match="out of range"):
+        model_runtime(model, tokenizer=tok, layer=5)

@@ -37,6 +37,10 @@ def test_plan_writes_reports_and_counts_every_row(tmp_path, ethos_cache, capsys)
     for name in ("plan.json", "plan.md", "plan.html"):
         assert (out / name).stat().st_size > 0
     assert "Plan:" in (out / "plan.md").read_text()
+    assert json.loads((out / "plan.json").read_text()) == doc  # the document printed is the one written
+    (rule,) = doc["examples"]  # what plan.html shows, in the document
+    assert rule["rule"] == "line 2: block concept v via data" and rule["pairs"]
+    assert all(f"pair {p['id']}: " in (out / "plan.html").read_text() for p in rule["pairs"])
 
 
 def test_failed_expectation_exits_3_with_the_summary_line(tmp_path, ethos_cache, capsys):
@@ -170,3 +174,118 @@ def test_lock_pins_and_refuses_a_stale_resolution(tmp_path, ethos_cache, capsys)
     assert "ethos.lock is stale" in err and "concepts.w" in err and "--update-lock" in err
     assert main(["plan", policy, "--limit", "40", "--out", str(tmp_path / "o"), "--update-lock"]) == 0
     assert main(["plan", policy, "--limit", "40", "--out", str(tmp_path / "o")]) == 0
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
+EXPERT = ["--data", str(FIXTURES / "expert.jsonl"),
+          "--columns", "prompt=question,a=answer_a,b=answer_b,label=overall_preference",
+          "--label-a=-1", "--label-b=1", "--label-tie=0"]
+WORDS = "concept v = metric words;\nblock concept v;\n"
+
+
+@pytest.mark.parametrize("args,rows,reasons", [
+    (EXPERT, (6, 4), {"missing_field": 1, "tie": 1}),
+    (["--data", str(FIXTURES / "renamed.csv"), "--columns", "prompt=p,chosen=good,rejected=bad"], (3, 2),
+     {"identical": 1}),
+    (["--data", str(FIXTURES / "rated.json")], (3, 2), {"tie": 1}),  # its mapping is in rated.json.ethos.toml
+])
+def test_plan_reads_mapped_data_and_records_the_mapping(tmp_path, ethos_cache, capsys, args, rows, reasons):
+    policy = write(tmp_path, WORDS)
+    excluded = tmp_path / "excluded.jsonl"
+    assert main(["plan", policy, *args, "--out", str(tmp_path / "o"), "--json", "--excluded", str(excluded)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["rows"]["input"], doc["rows"]["usable"]) == rows
+    assert doc["rows"]["excluded_reasons"] == reasons
+    assert doc["data"]["mapping"]["columns"]["prompt"] in ("question", "p")
+    assert doc["data"]["split"] is None and doc["data"]["subset"] is None
+    listed = [json.loads(x) for x in excluded.read_text().splitlines()]
+    assert sorted(r["reason"] for r in listed) == sorted(r for r, n in reasons.items() for _ in range(n))
+    assert all(r["line"] >= 1 for r in listed)
+
+
+def test_a_bad_mapping_is_a_usage_error_listing_the_columns(tmp_path, ethos_cache, capsys):
+    policy = write(tmp_path, WORDS)
+    args = ["--data", str(FIXTURES / "expert.jsonl"), "--columns",
+            "prompt=question,a=answer_a,b=answer_b,label=preference", "--label-a=-1", "--label-b=1"]
+    assert main(["plan", policy, *args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ethos plan: error: ")
+    assert all(f"'{c}'" in err for c in ("question", "answer_a", "answer_b", "overall_preference"))
+
+
+def test_most_rows_excluded_warns_and_all_excluded_fails_after_listing_them(tmp_path, ethos_cache, capsys):
+    policy = write(tmp_path, WORDS)
+    data = tmp_path / "d.jsonl"
+    good = [{"prompt": f"q{i}", "chosen": "a long and helpful answer " * (i + 1), "rejected": "no"} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"prompt": "x", "chosen": "s", "rejected": "s"}\n' * 5)
+    assert main(["plan", policy, "--data", str(data), "--out", str(tmp_path / "o")]) in (0, 3)
+    err = capsys.readouterr().err
+    assert "ethos plan: warning: " in err and "most input rows excluded: 5 of 9" in err
+    assert "list them with --excluded FILE" in err
+    data.write_text('{"prompt": "x", "chosen": "s", "rejected": "s"}\n' * 3)
+    excluded = tmp_path / "ex.jsonl"
+    assert main(["apply", policy, "--data", str(data), "--out", str(tmp_path / "a"), "--excluded", str(excluded)]) == 1
+    err = capsys.readouterr().err
+    assert "all 3 input rows were excluded (identical 3); nothing to apply; listed in" in err
+    assert [json.loads(x)["line"] for x in excluded.read_text().splitlines()] == [1, 2, 3]
+    assert not (tmp_path / "a" / "dataset.parquet").exists()
+
+
+def test_a_killed_apply_leaves_a_folder_train_refuses_and_no_temporary_files(tmp_path, ethos_cache, capsys,
+                                                                              monkeypatch):
+    from ethos.runtime import apply as apply_mod
+    from ethos.runtime.outputs import MARKER
+
+    policy = write(tmp_path, WORDS)
+    out = tmp_path / "a"
+    assert main(["apply", policy, "--limit", "60", "--out", str(out)]) == 0
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["command"] == "apply" and set(marker["files"]) == set(apply_mod.FILES)
+    (out / ".dataset.parquet.x1y2.tmp").write_bytes(b"left by a SIGKILL")  # a writer killed earlier
+
+    real = apply_mod.jsonl_text
+    calls = []
+
+    def dies_on_the_second_file(table):
+        calls.append(1)
+        if len(calls) == 2:  # dataset.parquet and dataset.jsonl are new, the rest are the old run's
+            raise KeyboardInterrupt
+        return real(table)
+
+    monkeypatch.setattr(apply_mod, "jsonl_text", dies_on_the_second_file)
+    assert main(["apply", policy, "--limit", "50", "--out", str(out)]) == 130
+    capsys.readouterr()
+    assert not (out / MARKER).exists()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert main(["train", str(out), "--out", str(tmp_path / "run"), "--steps", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "is incomplete: an `ethos apply` into it did not finish" in err and "run `ethos apply`" in err
+    monkeypatch.undo()
+    assert main(["apply", policy, "--limit", "50", "--out", str(out)]) == 0
+    from ethos.runtime.apply import read_folder
+
+    plan, config, table = read_folder(out)
+    assert table.num_rows == len(pd.read_parquet(out / "dataset.parquet")) and config["dataset"] == "dataset.parquet"
+
+
+def test_a_plan_folder_is_marked_complete_last(tmp_path, ethos_cache, capsys, monkeypatch):
+    from ethos.runtime import io as io_mod
+    from ethos.runtime.outputs import MARKER, IncompleteOutput, check_complete
+
+    policy = write(tmp_path, WORDS)
+    out = tmp_path / "o"
+    assert main(["plan", policy, "--limit", "40", "--out", str(out)]) == 0
+    assert set(check_complete(out, "plan")["files"]) == {"plan.json", "plan.md", "plan.html"}
+    real = io_mod.os.replace
+
+    def killed_at_plan_md(src, dst):
+        if str(dst).endswith("plan.md"):
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(io_mod.os, "replace", killed_at_plan_md)
+    assert main(["plan", policy, "--limit", "30", "--out", str(out)]) == 130
+    monkeypatch.undo()
+    assert not (out / MARKER).exists() and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(IncompleteOutput, match="did not finish"):
+        check_complete(out, "plan")

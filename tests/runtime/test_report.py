@@ -258,3 +258,52 @@ def test_scatter_layout():
     assert a["y_hi"] < a["y"] < a["y_lo"] and b["y_lo"] is None
     assert all(lay["left"] <= t["x"] <= lay["right"] for t in lay["xticks"])
     assert all(lay["top"] <= t["y"] <= lay["axis_y"] for t in lay["yticks"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan report: from the plan document (with its example pairs) and the compiled plan only
+
+
+def plan_document() -> dict:
+    """A fixed plan document (as ``ethos plan`` writes plan.json) with hostile dataset text."""
+    concept_row = {"name": "verbosity", "lens": "metric words", "factor": 0.0, "protocols": ["data"],
+                   "alpha_before": 0.4, "alpha_before_ci": [0.3, 0.5], "alpha_target": 0.0, "alpha_after": 0.01,
+                   "alpha_after_ci": [-0.05, 0.07], "on_target": True, "collateral": False, "d": 0.21, "q": 1e-5,
+                   "share_before": 0.6, "share_after": 0.02}
+    return {
+        "format": 1, "policy": {"path": "p.ethos", "sha256": "cd" * 32}, "settings": {"plan_seed": 0},
+        "data": {"source": "data/<i>pairs</i>.jsonl", "fingerprint": "ef" * 32, "limit": 10},
+        "rows": {"input": 10, "kept": 4, "reweighted": 5, "relabelled": 0, "excluded": 1,
+                 "excluded_reasons": {"identical": 1}},
+        "ess": 7.5, "ess_fraction": 0.83, "expectations": [{"line": 2, "text": "expect pairs kept >= 0.5",
+                                                            "value": 0.4, "met": False}],
+        "warnings": ["a <warning>"], "notes": [],
+        "interventions": [{"line": 1, "action": "block", "concept": "verbosity", "protocol": "data", "factor": 0,
+                           "realised_in": "data", "simulated": True, "pairs_affected": 9}],
+        "concepts": [concept_row],
+        "weights": {"histogram": {"counts": [1, 3, 5], "edges": [0.0, 0.5, 1.0, 1.5]}},
+        "examples": [{"rule": "line 1: block concept verbosity via data", "pairs": [
+            {"id": "7", "fate": "reweighted", "weight": 0.25, "prompt": "Say <b>hi</b>", "chosen": NASTY,
+             "rejected": "a\nb"}]}],
+    }
+
+
+PLAN_JSON = {"format_version": "1", "policy": "demo", "model": {"name": "smollm2-135m-instruct", "layer": 15}}
+
+
+def test_plan_report_renders_its_examples_from_the_document():
+    from ethos.runtime.report.plan import render_plan_html, render_plan_markdown
+
+    doc = plan_document()
+    html, md = render_plan_html(doc, PLAN_JSON), render_plan_markdown(doc, PLAN_JSON)
+    assert "The pairs each rule changes most" in html and "pair 7: reweighted, weight 0.25" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;hi&lt;/b&gt;" in html
+    assert "&lt;i&gt;pairs&lt;/i&gt;" in html and html.count("<svg") == 3
+    assert md.startswith("# ethos plan: demo") and "Plan: 4 pairs kept, 5 reweighted, 0 relabelled, 1 excluded" in md
+    assert "Say" not in md  # the Markdown report shows no example pairs (as before)
+    again = json.loads(json.dumps(doc))
+    assert render_plan_html(again, PLAN_JSON) == html and render_plan_markdown(again, PLAN_JSON) == md
+    del doc["examples"]
+    assert "The pairs each rule changes most" not in render_plan_html(doc, PLAN_JSON)
+    with pytest.raises(ValueError, match="format"):
+        render_plan_html(dict(doc, format=99), PLAN_JSON)

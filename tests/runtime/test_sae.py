@@ -1,6 +1,7 @@
 """``ethos.runtime.sae``: train a tiny SAE on a tiny model, round-trip it through sae-lens, check
 the eval metrics on SAEs whose answers are known, find a planted latent with ``describe``, and
-check the shipped default SAE (no model run)."""
+check the shipped default SAE (no model run). Sections follow the package's modules: store,
+train, evaluate, latents, load."""
 
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ from ethos.runtime.sae import (
     MARK_OPEN,
     SHIPPED_DEFAULT,
     ActivationStore,
-    _runtime_for,
+    SAEError,
     describe_latents,
+    eval_pairs,
     evaluate,
     find_sae,
+    heldout_pairs,
+    is_held_out,
     load_labels,
     load_sae,
     pooled_latents,
     pooled_latents_both,
     read_units,
+    sae_runtime,
 )
 
 REPLIES = [
@@ -78,7 +83,7 @@ def runtime_of(tiny_model_dir: Path):
 
     def get(sae):
         if "rt" not in cache:
-            cache["rt"] = _runtime_for(sae, str(tiny_model_dir), None)
+            cache["rt"] = sae_runtime(sae, str(tiny_model_dir))
         return cache["rt"]
 
     return get
@@ -128,6 +133,28 @@ def test_read_units_holdout_and_bos(tiny_model_dir: Path, tmp_path: Path) -> Non
     assert all(u.skip >= 1 for u in train)  # position 0 (the attention sink) is never trained on
 
 
+def test_one_held_out_rule(tmp_path: Path) -> None:
+    """Training, the end-of-training eval and ``sae eval`` hold out the same rows."""
+    assert [r for r in range(25) if is_held_out(r, 10)] == [0, 10, 20]
+    assert not any(is_held_out(r, 0) for r in range(5))
+    prefs = _write_pairs(tmp_path / "prefs.jsonl", _pairs() * 2)  # 16 rows: 0 and 10 held out
+    text = tmp_path / "t.txt"
+    text.write_text("only text")
+    assert [p.id for p in heldout_pairs([text, prefs], 10, None)] == ["0", "10"]
+    assert [p.id for p in heldout_pairs([prefs], 5, 2)] == ["0", "5"]
+    from ethos.runtime.model import sha256_file
+
+    folder = tmp_path / "sae"
+    folder.mkdir()
+    (folder / "ethos-sae.json").write_text(json.dumps({"data": [{"sha256": sha256_file(prefs)}], "holdout": {"modulus": 10}}))
+    pairs, held = eval_pairs(folder, prefs, None, False)
+    assert held and [p.id for p in pairs] == ["0", "10"]
+    pairs, held = eval_pairs(folder, prefs, 3, True)
+    assert not held and [p.id for p in pairs] == ["0", "1", "2"]
+    (folder / "ethos-sae.json").write_text("{}")  # not trained on this file: every row
+    assert len(eval_pairs(folder, prefs, None, False)[0]) == 16
+
+
 # -------------------------------------------------------------------------------------- eval
 
 
@@ -142,6 +169,35 @@ def test_eval_identity_sae_is_perfect(tmp_path: Path, runtime_of) -> None:
     assert m["l0"] == pytest.approx(d, abs=0.5)
     assert m["dead_fraction"] == 0.0 and m["dense_fraction"] == 1.0
     assert m["ce_tokens"] > 0 and m["tokens"] > m["ce_tokens"] - 1
+
+
+def test_eval_token_budget_tokenizes_only_the_pairs_drawn(tmp_path: Path, runtime_of, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ethos.runtime.sae.metrics as ev
+
+    d = 64
+    eye = torch.eye(d)
+    sae = load_sae(_save_topk(tmp_path / "identity", torch.cat([eye, -eye], 1), torch.cat([eye, -eye], 0), torch.zeros(d), k=d))
+    rt = runtime_of(sae)
+    calls: list[str] = []
+    real = ev.tokenize_pair
+    monkeypatch.setattr(ev, "tokenize_pair", lambda tok, prompt, replies, **kw: calls.append("x") or real(tok, prompt, replies, **kw))
+    m = evaluate(sae, rt, _pairs(), max_tokens=1, progress=False)
+    assert len(calls) == 1 and 0 < m["tokens"] < 40  # one pair drawn, one pair tokenised
+    calls.clear()
+    full = evaluate(sae, rt, _pairs(), progress=False)
+    assert len(calls) == len(_pairs()) and full["tokens"] > m["tokens"]
+
+
+def test_cli_eval_json(tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = 64
+    eye = torch.eye(d)
+    folder = _save_topk(tmp_path / "identity", torch.cat([eye, -eye], 1), torch.cat([eye, -eye], 0), torch.zeros(d), k=d)
+    data = _write_pairs(tmp_path / "prefs.jsonl", _pairs())
+    assert main(["sae", "eval", str(folder), "--data", str(data), "--model", str(tiny_model_dir), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["sae"] == str(folder) and got["data"] == str(data) and got["layer"] == 0
+    assert got["held_out"] is False and got["pairs"] == len(_pairs())
+    assert got["explained_variance"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_eval_zero_sae_explains_nothing(tmp_path: Path, runtime_of) -> None:
@@ -208,10 +264,16 @@ def _planted(tmp_path: Path, runtime_of) -> tuple[Path, str, int]:
     return folder, rt.tokenizer.decode([target]), target
 
 
-def test_describe_finds_planted_token(tmp_path: Path, runtime_of) -> None:
+def test_describe_finds_planted_token(tmp_path: Path, runtime_of, monkeypatch: pytest.MonkeyPatch) -> None:
     folder, token, _ = _planted(tmp_path, runtime_of)
     rt = runtime_of(load_sae(folder))
+    import ethos.runtime.sae.latents as lt
+
+    calls: list[str] = []
+    real = lt.tokenize_pair
+    monkeypatch.setattr(lt, "tokenize_pair", lambda tok, prompt, replies, **kw: calls.append("x") or real(tok, prompt, replies, **kw))
     labels = describe_latents(folder, _pairs(), [0, 1], k_snippets=3, k_tokens=4, runtime=rt)
+    assert len(calls) == len(_pairs())  # each pair tokenised once (the second pass reuses the tokens)
     lab = labels[0]
     assert len(lab["snippets"]) == 3
     assert all(f"{MARK_OPEN}{token}" in s for s in lab["snippets"]), lab["snippets"]
@@ -248,6 +310,27 @@ def test_cli_describe_stores_labels(tmp_path: Path, tiny_model_dir: Path, runtim
     assert record["data"]["sha256"] and record["params"]["k_snippets"] == 3
     assert token in record["latents"]["0"]["tokens"]
     assert load_labels(folder)[0]["tokens"] == record["latents"]["0"]["tokens"]
+
+
+# ------------------------------------------------------------------------ load, errors, default
+
+
+def test_sae_runtime_checks_the_layer_and_width(tmp_path: Path, runtime_of, tiny_model_dir: Path) -> None:
+    from ethos.runtime.sae import sae_runtime
+
+    d = 64
+    at0 = load_sae(_save_topk(tmp_path / "l0", torch.zeros(d, 4), torch.zeros(4, d), torch.zeros(d), k=1, layer=0))
+    rt = runtime_of(at0)
+    assert sae_runtime(at0, "ignored", rt) is rt
+    at1 = load_sae(_save_topk(tmp_path / "l1", torch.zeros(d, 4), torch.zeros(4, d), torch.zeros(d), k=1, layer=1))
+    with pytest.raises(SAEError, match="reads layer 1, the model runtime reads layer 0"):
+        sae_runtime(at1, "ignored", rt)
+    assert sae_runtime(at1, str(tiny_model_dir)).layer == 1  # loaded at the SAE's layer
+    wide = load_sae(_save_topk(tmp_path / "w", torch.zeros(32, 4), torch.zeros(4, 32), torch.zeros(32), k=1))
+    with pytest.raises(SAEError, match="d_in 32"):
+        sae_runtime(wide, str(tiny_model_dir))
+    with pytest.raises(SAEError, match="unknown SAE"):
+        load_sae(tmp_path / "nowhere")
 
 
 # ----------------------------------------------------------------------------- errors, default

@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ pytest.importorskip("trl")
 pytest.importorskip("peft")
 
 from ethos.runtime import trainer as T  # noqa: E402
+from ethos.runtime.settings import TrainSettings  # noqa: E402
 
 PAIRS = [
     ("Hello, how are you today?", "I am fine, thank you!", "Sorry, I cannot help with that."),
@@ -66,10 +66,10 @@ def unit(d=64, seed=1):
 
 def make(tiny_model_dir, tmp_path, *, rules=(), lora=True, steps=2, ds=None, **kw):
     model, tok = load(tiny_model_dir)
-    s = T.TrainSettings(model=str(tiny_model_dir), out=tmp_path / "run", layer=0, lora=lora, lora_r=4,
-                        steps=steps, batch_size=4, max_length=64, bf16=False, progress=False,
-                        learning_rate=1e-2, **kw)
-    return T.build_trainer(model, tok, ds if ds is not None else dataset(), s, rules=rules)
+    s = TrainSettings(lora=lora, lora_r=4, steps=steps, batch_size=4, max_length=64, bf16=False, progress=False,
+                      learning_rate=1e-2, **kw)
+    return T.build_trainer(model, tok, ds if ds is not None else dataset(), s, out=tmp_path / "run", layer=0,
+                           rules=rules)
 
 
 def batch(trainer):
@@ -199,7 +199,7 @@ def test_ablation_removes_the_direction(tiny_model_dir, env):
 
 def test_orthonormalised_sae_rows_and_partial_ablation():
     rows = torch.randn(3, 16)
-    D = T._orthonormal_rows(rows)
+    D = T.orthonormal_rows(rows)
     assert torch.allclose(D @ D.T, torch.eye(3), atol=1e-5)
     x = torch.randn(5, 16)
     # dampen 0.25 removes 75% of the component in the span
@@ -214,10 +214,9 @@ def test_two_steps_with_every_protocol_log_finite_named_terms(tiny_model_dir, en
              T.ActivationRule("penalty", "p", 0.0, d, 0.1)]
     log = T.JsonlLog(env / "log.jsonl")
     model, tok = load(tiny_model_dir)
-    s = T.TrainSettings(model="tiny", out=env / "run", layer=0, lora=True, lora_r=4, steps=2, batch_size=2,
-                        max_length=64, bf16=False, progress=False)
-    tr = T.build_trainer(model, tok, dataset([1.0, 0.5, 2.0, 1.0], [0.1, 0.0, -0.2, 0.3]), s, rules=rules,
-                         callbacks=[log])
+    s = TrainSettings(lora=True, lora_r=4, steps=2, batch_size=2, max_length=64, bf16=False, progress=False)
+    tr = T.build_trainer(model, tok, dataset([1.0, 0.5, 2.0, 1.0], [0.1, 0.0, -0.2, 0.3]), s, out=env / "run",
+                         layer=0, rules=rules, callbacks=[log])
     out = tr.train()
     assert math.isfinite(out.training_loss)
     rows = [json.loads(x) for x in (env / "log.jsonl").read_text().splitlines()]
@@ -233,8 +232,76 @@ def test_full_finetune_with_a_separate_reference(tiny_model_dir, env):
     rules = [T.ActivationRule("steering", "s", 0.0, unit(), 1.0)]
     model, tok = load(tiny_model_dir)
     ref, _ = load(tiny_model_dir)
-    s = T.TrainSettings(model="tiny", out=env / "run", layer=1, lora=False, steps=1, batch_size=2,
-                        max_length=64, bf16=False, progress=False)
-    tr = T.build_trainer(model, tok, dataset(), s, rules=rules, ref_model=ref)
+    s = TrainSettings(lora=False, steps=1, batch_size=2, max_length=64, bf16=False, progress=False)
+    tr = T.build_trainer(model, tok, dataset(), s, out=env / "run", layer=1, rules=rules, ref_model=ref)
     assert math.isfinite(tr.train().training_loss)
     assert tr.hook_calls["applied"] == 1  # the separate reference has no hook on its layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules from the plan
+
+
+def test_rules_are_built_from_the_plan_with_the_protocol_argument():
+    from ethos.compiler.compile import compile_source
+
+    src = ('concept p = probe "concepts/sycophancy.jsonl";\nconcept q = probe "concepts/sycophancy.jsonl";\n'
+           "concept v = metric words;\n"
+           "block concept p via ablation;\ndampen concept q by 0.5 via steering 4;\ndampen concept q by 0.5 via penalty 0.1;\n"
+           "block concept v via loss;\nblock concept v via filter;\n")
+    r = compile_source(src)
+    assert r.ok, r.diagnostics
+    plan = r.plan
+    assert T.rule_concepts(plan) == ["p", "q"]  # the loss and filter rules act in the data, not in training
+    dirs = {"p": unit(seed=1), "q": unit(seed=2)}
+    rules = T.rules_from_plan(plan, dirs)
+    got = [(x.protocol, x.concept, x.factor, x.amount, x.rule_id) for x in rules]
+    assert got == [("ablation", "p", 0.0, 0.0, "p/ablation"), ("steering", "q", 0.5, 4.0, "q/steering"),
+                   ("penalty", "q", 0.5, 0.1, "q/penalty")]
+    assert [x.line for x in rules] == [4, 5, 6]
+    assert torch.equal(rules[1].directions, dirs["q"])
+    with pytest.raises(T.TrainerError, match="concept 'q' .*has no direction"):
+        T.rules_from_plan(plan, {"p": dirs["p"]})
+
+
+def test_unset_settings_take_the_apply_folder_defaults_then_the_built_in_ones(tmp_path):
+    from ethos.runtime.settings import TRAIN_CONFIG_DEFAULTS
+
+    s = TrainSettings(beta=0.3).resolved({"learning_rate": 1e-3, "max_length": 99})
+    assert (s.beta, s.learning_rate, s.max_length) == (0.3, 1e-3, 99)
+    assert (s.lora, s.lora_r) == (TRAIN_CONFIG_DEFAULTS["lora"], TRAIN_CONFIG_DEFAULTS["lora_r"])
+    d = TrainSettings().resolved()
+    assert {k: getattr(d, k) for k in TRAIN_CONFIG_DEFAULTS} == dict(TRAIN_CONFIG_DEFAULTS)
+    cfg = T.dpo_config(TrainSettings(steps=3, progress=False, bf16=False), tmp_path / "run")
+    assert (cfg.beta, cfg.learning_rate, cfg.max_length, cfg.max_steps) == (0.1, 2e-4, 256, 3)
+
+
+def test_features_directions_are_the_sae_decoder_rows_orthonormalised(tiny_model_dir, tiny_sae_dir):
+    from ethos.compiler.compile import compile_source
+    from ethos.runtime.sae import load_sae
+
+    r = compile_source(f'sae "{tiny_sae_dir}";\nconcept f = features 1, 2, 5;\nblock concept f via ablation;\n')
+    assert r.ok, r.diagnostics
+    model, tok = load(tiny_model_dir)
+    dirs = T.concept_directions(r.plan, model, tok, 0)
+    D = dirs["f"]
+    assert D.shape == (3, 64) and torch.allclose(D @ D.T, torch.eye(3), atol=1e-5)
+    rows = load_sae(tiny_sae_dir).W_dec.detach()[[1, 2, 5]].float()
+    # the same span: each decoder row is reproduced by its projection on D
+    assert torch.allclose((rows @ D.T) @ D, rows, atol=1e-4)
+    (rule,) = T.rules_from_plan(r.plan, dirs)
+    assert rule.protocol == "ablation" and rule.directions is D
+
+
+def test_probe_direction_is_a_unit_vector_read_with_the_model_runtime(tiny_model_dir, ethos_cache):
+    from ethos.compiler.compile import compile_source
+
+    r = compile_source('concept p = probe "concepts/sycophancy.jsonl";\nconcept v = metric words;\n'
+                       "block concept p via steering 2;\nblock concept v;\n")
+    assert r.ok, r.diagnostics
+    model, tok = load(tiny_model_dir)
+    model.train()
+    dirs = T.concept_directions(r.plan, model, tok, 1, concepts=T.rule_concepts(r.plan), fingerprint="tiny")
+    assert list(dirs) == ["p"] and dirs["p"].shape == (1, 64)
+    assert float(dirs["p"].norm()) == pytest.approx(1.0, abs=1e-5)
+    assert model.training  # the model is left in the mode it was in

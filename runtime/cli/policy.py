@@ -1,43 +1,27 @@
-"""The ``ethos`` command line.
-
-Exit codes: 0 ok; 1 errors (diagnostics in a policy, bad data, a failed run); 2 usage (bad
-arguments); 3 an expectation failed (``ethos plan``). A bad policy never shows a traceback: it
-shows diagnostics. ``ETHOS_DEBUG=1`` shows the traceback of an internal error.
-"""
+"""``ethos check``, ``fmt``, ``compile``, ``diff``: the policy commands. They need the compiler
+only (no model, no data), so they start fast: nothing here imports torch, transformers, pandas
+or scipy."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
-import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from ethos.compiler.ast import to_ast
 from ethos.compiler.compile import Result, compile_file
 from ethos.compiler.diff import diff_plans
-from ethos.compiler.errors import render_all
+from ethos.compiler.errors import attach_snippets, render_all
 from ethos.compiler.fmt import format_file
 from ethos.compiler.parse import decode, parse
-from ethos.compiler.ast import to_ast
 from ethos.compiler.plan import dump_plan
-
-from .io import atomic_write_text
-
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_EXPECTATION = 0, 1, 2, 3
-
-# Modules that add their own subcommands with ``register(subparsers)``.
-COMMAND_MODULES = (
-    "ethos.runtime.featurize",
-    "ethos.runtime.audit",
-    "ethos.runtime.planner",
-    "ethos.runtime.apply",
-    "ethos.runtime.sae",
-    "ethos.runtime.train_cli",
-)
+from ethos.runtime.errors import EXIT_ERRORS, EXIT_OK
+from ethos.runtime.io import atomic_write_text
 
 
-def _print_diagnostics(results: list[tuple[str, Result]], as_json: bool) -> None:
+def print_diagnostics(results: list[tuple[str, Result]], as_json: bool) -> None:
+    """The diagnostics of compiled policies: JSON on stdout, or rendered on stderr."""
     if as_json:
         payload = {
             "files": [
@@ -52,11 +36,11 @@ def _print_diagnostics(results: list[tuple[str, Result]], as_json: bool) -> None
             print(render_all(r.diagnostics), file=sys.stderr)
 
 
-def cmd_check(args) -> int:
+def run_check(args) -> int:
     results = [(p, compile_file(p)) for p in args.files]
-    _print_diagnostics(results, args.json)
+    print_diagnostics(results, args.json)
     if args.summary and not args.json:
-        from .summary import print_plan_summary
+        from ethos.runtime.summary import print_plan_summary
 
         for _, r in results:
             if r.plan is not None:
@@ -68,9 +52,9 @@ def cmd_check(args) -> int:
     return EXIT_OK if all(r.ok for _, r in results) else EXIT_ERRORS
 
 
-def cmd_compile(args) -> int:
+def run_compile(args) -> int:
     r = compile_file(args.file)
-    _print_diagnostics([(args.file, r)], args.json)
+    print_diagnostics([(args.file, r)], args.json)
     if r.plan is None:
         return EXIT_ERRORS
     text = dump_plan(r.plan)
@@ -81,7 +65,7 @@ def cmd_compile(args) -> int:
     return EXIT_OK
 
 
-def cmd_fmt(args) -> int:
+def run_fmt(args) -> int:
     status = EXIT_OK
     for path in args.files:
         try:
@@ -93,8 +77,6 @@ def cmd_fmt(args) -> int:
         text, diags = decode(data, path)
         parsed = parse(text, path) if text is not None else None
         if parsed is None or parsed.tree is None:
-            from ethos.compiler.errors import attach_snippets
-
             diags = diags or attach_snippets(parsed.diagnostics, text)
             print(render_all(diags), file=sys.stderr)
             status = EXIT_ERRORS
@@ -113,10 +95,10 @@ def cmd_fmt(args) -> int:
     return status
 
 
-def cmd_diff(args) -> int:
+def run_diff(args) -> int:
     old, new = compile_file(args.old), compile_file(args.new)
     if not (old.ok and new.ok):
-        _print_diagnostics([(args.old, old), (args.new, new)], args.json)
+        print_diagnostics([(args.old, old), (args.new, new)], args.json)
         return EXIT_ERRORS
     changes = diff_plans(old.plan, new.plan)
     if args.json:
@@ -129,67 +111,28 @@ def cmd_diff(args) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ethos",
-        description="Decide, concept by concept, what preference data teaches a model.",
-        epilog="exit codes: 0 ok, 1 errors, 2 usage, 3 an expectation failed (plan)",
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    s = sub.add_parser("check", help="validate policies")
+def register(subparsers: Any) -> None:
+    s = subparsers.add_parser("check", help="validate policies")
     s.add_argument("files", nargs="+", metavar="FILE")
     s.add_argument("--json", action="store_true", help="print diagnostics as JSON")
     s.add_argument("--summary", action="store_true", help="print a summary of each compiled plan")
-    s.set_defaults(func=cmd_check)
+    s.set_defaults(func=run_check, command="check")
 
-    s = sub.add_parser("fmt", help="print policies in canonical form")
+    s = subparsers.add_parser("fmt", help="print policies in canonical form")
     s.add_argument("files", nargs="+", metavar="FILE")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--check", action="store_true", help="exit 1 if a file is not in canonical form")
     g.add_argument("--write", action="store_true", help="rewrite files in place")
-    s.set_defaults(func=cmd_fmt)
+    s.set_defaults(func=run_fmt, command="fmt")
 
-    s = sub.add_parser("compile", help="print the plan JSON of a policy")
+    s = subparsers.add_parser("compile", help="print the plan JSON of a policy")
     s.add_argument("file", metavar="FILE")
     s.add_argument("-o", "--output", metavar="PLAN_JSON", help="write the plan here (atomically)")
     s.add_argument("--json", action="store_true", help="print diagnostics as JSON")
-    s.set_defaults(func=cmd_compile)
+    s.set_defaults(func=run_compile, command="compile")
 
-    s = sub.add_parser("diff", help="what changed in meaning between two policies")
+    s = subparsers.add_parser("diff", help="what changed in meaning between two policies")
     s.add_argument("old", metavar="OLD")
     s.add_argument("new", metavar="NEW")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_diff)
-
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("ethos: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return EXIT_OK
-    except Exception as e:  # an internal error: one line, unless asked for the traceback
-        if os.environ.get("ETHOS_DEBUG"):
-            raise
-        print(f"ethos: internal error: {type(e).__name__}: {e} (set ETHOS_DEBUG=1 for the traceback)",
-              file=sys.stderr)
-        return EXIT_ERRORS
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    s.set_defaults(func=run_diff, command="diff")

@@ -1,0 +1,97 @@
+"""The audit report (``ethos audit``): Markdown, HTML and the terminal summary, rendered from the
+audit document (``audit.json``) only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..documents import concepts_by_share
+from .env import render
+from .format import est_ci, finite, num, oneline, pct, pval
+from .layouts import bars_layout, forest_layout
+
+AUDIT_COLUMNS = ("concept", "lens", "mean_delta", "d", "win_rate", "q", "alpha", "share", "stable")
+
+
+def audit_context(doc: Mapping[str, Any], *, title: str | None = None) -> dict[str, Any]:
+    """Template context of an audit from its JSON document (``AuditResult.to_dict()``)."""
+    concepts = concepts_by_share(doc.get("concepts", []))
+    forest_rows_d = [{"label": c["name"], "points": [{"est": c.get("d"), "lo": (c.get("d_ci") or [None, None])[0],
+                                                       "hi": (c.get("d_ci") or [None, None])[1]}]} for c in concepts]
+    forest_rows_a = [{"label": c["name"], "points": [{"est": c.get("alpha"), "lo": (c.get("alpha_ci") or [None, None])[0],
+                                                       "hi": (c.get("alpha_ci") or [None, None])[1]}]} for c in concepts]
+    return {
+        "title": title or "ethos audit",
+        "doc": doc,
+        "concepts": concepts,
+        "columns": AUDIT_COLUMNS,
+        "forest_d": forest_layout(forest_rows_d, xlabel="Cohen's d of Δ (chosen − rejected), 95% bootstrap CI"),
+        "forest_alpha": forest_layout(forest_rows_a, xlabel="α: log-odds of preference per sd of Δ, 95% Wald CI"),
+        "shares": bars_layout([{"label": c["name"], "values": [c.get("share")]} for c in concepts], vmax=1.0),
+        "candidates": doc.get("candidates"),
+    }
+
+
+def render_audit_html(doc: Mapping[str, Any], **kw: Any) -> str:
+    return render("audit.html.j2", **audit_context(doc, **kw))
+
+
+def render_audit_markdown(doc: Mapping[str, Any], **kw: Any) -> str:
+    return render("audit.md.j2", **audit_context(doc, **kw))
+
+
+def print_audit_summary(doc: Mapping[str, Any], console: Any = None) -> None:
+    """The terminal summary: rows, a table of concepts sorted by share, correlated pairs, notes,
+    and the discovery candidates."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console.width = 140
+    rows = doc.get("rows", {})
+    excluded = rows.get("excluded", {}) or {}
+    detail = ", ".join(f"{r}: {n}" for r, n in excluded.items())
+    console.print(Text(
+        f"rows: {rows.get('input')} input, {rows.get('usable')} usable, {sum(excluded.values())} excluded"
+        + (f" ({detail})" if detail else "") + f"; {doc.get('pairs')} pairs audited"))
+    table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 1))
+    for col, just in (("concept", "left"), ("mean Δ", "right"), ("d [95% CI]", "right"), ("win", "right"),
+                      ("q", "right"), ("α [95% CI]", "right"), ("share", "right"), ("stable", "center")):
+        table.add_column(col, justify=just, no_wrap=True)
+    for c in concepts_by_share(doc.get("concepts", [])):
+        q = c.get("q")
+        style = "bold" if finite(q) and q < 0.05 else ""
+        table.add_row(
+            Text(c["name"], style=style), num(c.get("mean_delta"), "+#.3g"),
+            est_ci(c.get("d"), c.get("d_ci")), pct(c.get("win_rate")), pval(q),
+            est_ci(c.get("alpha"), c.get("alpha_ci")), pct(c.get("share")),
+            "yes" if c.get("split_half_stable") else "no",
+        )
+    console.print(table)
+    for c in doc.get("concepts", []):
+        if c.get("note"):
+            console.print(Text(f"  {c['name']}: {c['note']}", style="dim"))
+    for note in doc.get("notes", []):
+        console.print(Text(f"note: {note}", style="yellow"))
+    joint = doc.get("joint", {})
+    if joint.get("note"):
+        console.print(Text(f"joint fit: {joint['note']}", style="yellow"))
+    cands = doc.get("candidates")
+    if cands is not None:
+        disc = doc.get("discovery", {})
+        console.print(Text(f"discovery: {disc.get('tested')} of {disc.get('d_sae')} latents tested, "
+                           f"{disc.get('survivors')} at q < {disc.get('q_max')}, {len(cands)} candidate concepts"))
+        ct = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 1))
+        for col in ("candidate", "latents", "d", "win", "q", "label"):
+            ct.add_column(col, no_wrap=col != "label")
+        for cand in cands:
+            first = next(iter(cand.get("labels", {}).values()), {})
+            label = ", ".join(first.get("tokens", [])[:5]) or oneline(" | ".join(first.get("snippets", [])[:1]), 60)
+            ids = cand["features"]
+            ct.add_row(cand["name"], ",".join(map(str, ids[:6])) + ("…" if len(ids) > 6 else ""),
+                       num(cand.get("d"), "+.2f"), pct(cand.get("win_rate")), pval(cand.get("q")), Text(label))
+        console.print(ct)
