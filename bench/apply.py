@@ -88,8 +88,9 @@ def main() -> None:
     t_apply = time.perf_counter() - t
     total = t_plan + t_apply
     r = outcome.rows
-    print(f"rows: {r['kept']:,} kept, {r['reweighted']:,} reweighted, {r['relabelled']:,} relabelled, "
-          f"{r['excluded']:,} excluded; {dataset.num_rows:,} training rows; ESS {outcome.sim.ess:,.0f}")
+    print(f"rows: {r['kept'] + r['reweighted'] + r['relabelled']:,} kept ({r['kept']:,} unchanged, "
+          f"{r['reweighted']:,} reweighted, {r['relabelled']:,} relabelled), {r['excluded']:,} excluded; "
+          f"{dataset.num_rows:,} training rows; ESS {outcome.sim.ess:,.0f}")
     print(f"bare numpy pass (Δ, mean, sd, signs) : {bare:7.2f} s")
     print(f"plan (audit, simulate, re-fit)      : {t_plan:7.2f} s  ({t_plan / bare:,.0f}× bare)")
     print(f"apply (records, accounting, parquet): {t_apply:7.2f} s")

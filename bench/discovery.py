@@ -93,7 +93,9 @@ def _fingerprint(pairs: list[Any], phrase: str, sae: Any, runtime: Any) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, phrase, runtime.fingerprint, runtime.layer, runtime.max_tokens]).encode())
+    params = next(runtime.encoder.model.parameters())
+    h.update(json.dumps([CACHE_VERSION, phrase, runtime.fingerprint, runtime.layer, runtime.max_tokens,
+                         str(params.dtype), str(params.device.type)]).encode())
     h.update(sae.W_dec.detach().float().cpu().numpy().tobytes())
     for p in pairs:
         h.update(json.dumps([repr(p.prompt), p.chosen, p.rejected]).encode())
@@ -216,11 +218,13 @@ def experiment(
     cache_dir: str | None = None,
     validate: float | None = None,
     latent_cache: bool = True,
+    q_max: float = 0.05,
 ) -> dict[str, Any]:
     """The three conditions on the first ``n_pairs`` embedded pairs (see the module's text);
     ``cache_dir``: featurize's cache (default: ``$ETHOS_CACHE``); ``validate``: hold out that
     fraction of the pairs in the planted and control conditions (seeded with the planting's
-    seed); ``latent_cache``: keep the pooled latents under the ethos cache."""
+    seed); ``latent_cache``: keep the pooled latents under the ethos cache; ``q_max``: discovery's
+    FDR level in the planted and control conditions (the null runs keep 0.05)."""
     from ethos.compiler.compile import plan_for_concepts
     from ethos.compiler.resolve import load_library
     from ethos.runtime.audit import audit_scores, promoted_token_finder
@@ -265,7 +269,7 @@ def experiment(
             texts_r = [doubled[i].rejected for i in idx_r[keep]]
             window = token_window_finder(select(acts, idx_c[keep], idx_r[keep]), tokenizer)
             options = {"snippets": snippet_finder(lat_c[keep], lat_r[keep], texts_c, texts_r, window=window),
-                       "tokens": tokens, "reserved": library,
+                       "tokens": tokens, "reserved": library, "q_max": q_max,
                        "label": candidate_labeler(lat_c[keep], lat_r[keep], texts_c, texts_r, seed=seed)}
         return audit_scores(table, ["verbosity"], n_boot=200 if labels else 0, latents=(lat_c, lat_r),
                             discover_options=options, holdout=held, seed=seed)
@@ -296,11 +300,14 @@ def experiment(
                 "top_heldout": res.candidates[0].heldout if res.candidates else None,
                 "top_replicated": res.candidates[0].replicated if res.candidates else None,
                 "replicated_names": [c.name for c in reps],
-                "replicated_with_phrase": sum(labels_mention_phrase(c) or label_names_phrase(c) for c in reps),
+                "replicated_candidates": [{"name": c.name, "label": (c.label or {}).get("text"), "d": c.d,
+                                           "heldout_d": c.heldout["d"], "heldout_q": c.heldout["q"],
+                                           "built_on_phrase": labels_mention_phrase(c)} for c in reps],
+                "replicated_with_phrase": int(sum(labels_mention_phrase(c) or label_names_phrase(c) for c in reps)),
             }
         return out
 
-    out: dict[str, Any] = {"pairs": n, "d_sae": acts.d_sae, "layer": acts.layer, "phrase": PHRASE,
+    out: dict[str, Any] = {"pairs": n, "q_max": q_max, "d_sae": acts.d_sae, "layer": acts.layer, "phrase": PHRASE,
                            "forward_seconds": round(t_forward, 1), "planted": [], "control": []}
     for cond, frac_c, frac_r, first_seed, count in (("planted", 0.7, 0.1, 0, planted_seeds),
                                                     ("control", 0.4, 0.4, 100, control_seeds)):
@@ -369,12 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--null-seeds", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--validate", type=float, metavar="F", help="hold out this fraction of the pairs of each planting")
+    ap.add_argument("--q-max", type=float, default=0.05, help="discovery's FDR level in the plantings (default 0.05)")
     ap.add_argument("--no-cache", action="store_true", help="compute the latents again (and do not keep them)")
     ap.add_argument("--json", help="write the full result here")
     args = ap.parse_args(argv)
     res = experiment(args.pairs, planted_seeds=args.planted_seeds, control_seeds=args.control_seeds,
                      null_seeds=args.null_seeds, batch_size=args.batch_size, progress=sys.stderr.isatty(),
-                     validate=args.validate, latent_cache=not args.no_cache)
+                     validate=args.validate, latent_cache=not args.no_cache, q_max=args.q_max)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -35,6 +35,7 @@ from ethos.compiler.fmt import format_source
 from ethos.compiler.plan import dump_plan, load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
+COMPILED = [0]  # inputs that compiled to a plan (and so went through the plan and fmt checks)
 FULL_CHECKS_UP_TO = 100_000  # characters; a larger input that compiles gets the fmt check only
 
 WORDS = ["policy", "model", "sae", "concept", "block", "dampen", "keep", "amplify", "reverse", "expect",
@@ -45,17 +46,23 @@ WORDS = ["policy", "model", "sae", "concept", "block", "dampen", "keep", "amplif
          "verbosity", "hedging", "length", "words", "x", "t", ";", ";", ";", "=", "==", ",", "<", ">=", "!=",
          "0", "0.5", "2.0", "-1", "1e999", "4095", "3", "12", '"t"', '"concepts/hedging.txt"', '"math"',
          "#c\n", "\n", '"', "\\", "\x00", "é", "@", "\t", "\ufeff", "\u202e", "\r\n"]
-STATEMENTS = [
-    "block concept sycophancy;", "amplify concept refusal by 2.0;", "dampen concept hedging by 0.5 via filter;",
-    "concept f = features 1, 2 pool max;", "block concept f via ablation;", "keep concept emoji;",
-    'policy "p";', 'model "m" layer 3;', "expect pairs kept >= 0.8;", "expect concept refusal share < 0.1;",
-    'block concept verbosity via inoculation "Be brief.";', "reverse concept apology via relabel;",
-    "encourage concept refusal;", "discourage concept sycophancy by 0.5;",
+DEFINITIONS = [
+    'policy "p";', 'model "m" layer 3;', "concept f = features 1, 2 pool max;",
     'concept s = lexicon "lex.txt" count;', 'concept p = probe "probe.jsonl" pool mean;',
     'topic cooking = lexicon "topics/cooking.txt" above 0.5;', 'topic m = column "category" == "math";',
-    "topic t3 = cluster 3 of 12;", "block concept sycophancy when topic cooking;",
-    "expect concept refusal alpha > 0 before plan;", "expect ess >= 0.3;",
+    "topic t3 = cluster 3 of 12;",
 ]
+RULES = [  # no two of them conflict
+    "block concept sycophancy;", "amplify concept refusal by 2.0;", "dampen concept hedging by 0.5 via filter;",
+    "block concept f via ablation;", "keep concept emoji;", "expect pairs kept >= 0.8;",
+    "expect concept refusal share < 0.1;", 'block concept verbosity via inoculation "Be brief.";',
+    "reverse concept apology via relabel;", "encourage concept warmth;", "discourage concept flattery by 0.5;",
+    "discourage concept flattery by 0.5 via loss;", "block concept s;", "dampen concept p by 0.5 via steering 2;",
+    "block concept sycophancy when topic cooking;", "keep concept refusal when topic m;",
+    "amplify concept list_heavy by 1.5 when topic t3;", "expect concept refusal alpha > 0 before plan;",
+    "expect ess >= 0.3;",
+]
+STATEMENTS = DEFINITIONS + RULES
 HOSTILE_PATHS = ["a" * 5000, "a/" * 2500 + "x", "b" * 300, "../../../../etc/passwd", "/etc/passwd", "/dev/zero",
                  "/dev/stdin", "/proc/self/mem", "fifo", "dir", "binary.bin", "sparse.txt", "loop", "escape.txt",
                  "", " ", "nul\\u0000", "lex.txt", "probe.jsonl", "deep.jsonl", "empty.txt", "concepts/refusal.jsonl",
@@ -96,7 +103,8 @@ def soup(rng: random.Random):
 
 
 def valid(rng: random.Random):
-    return "valid", "\n".join(rng.choice(STATEMENTS) for _ in range(rng.randint(1, 12))) + "\n"
+    rules = rng.sample(RULES, rng.randint(1, 10))
+    return "valid", "\n".join(DEFINITIONS + rules) + "\n"
 
 
 def example(rng: random.Random):
@@ -106,11 +114,13 @@ def example(rng: random.Random):
 
 
 def mutate(rng: random.Random, text: str) -> str | bytes:
-    for _ in range(rng.randint(1, 6)):
+    for _ in range(rng.randint(1, 4)):
         if not text:
             text = rng.choice(STATEMENTS)
         i = rng.randrange(len(text) + 1)
-        op = rng.choice(["del", "ins", "dup", "swap", "break", "comment", "path", "bytes", "case", "num"])
+        # line breaks and comments keep a policy valid (they exercise fmt); the rest break it
+        op = rng.choice(["del", "ins", "dup", "swap", "break", "break", "break", "comment", "comment", "path",
+                         "bytes", "case", "num"])
         if op == "del":
             text = text[:i] + text[i + rng.randint(1, 12):]
         elif op == "ins":
@@ -125,8 +135,11 @@ def mutate(rng: random.Random, text: str) -> str | bytes:
             sp = text.find(" ", i)
             if sp >= 0:
                 text = text[:sp] + rng.choice(["\n", "\n   ", "  # inside\n  ", "\n\n# own\n"]) + text[sp + 1:]
-        elif op == "comment":
-            text = text[:i] + "# " + "".join(rng.choice(WORDS) for _ in range(3)).replace("\n", " ") + "\n" + text[i:]
+        elif op == "comment":  # at the end of a line, or on a line of its own
+            j = text.find("\n", i)
+            j = len(text) if j < 0 else j
+            note = "# " + " ".join(rng.choice(WORDS) for _ in range(3)).replace("\n", " ").replace("\r", " ")
+            text = text[:j] + rng.choice(["  ", "\n"]) + note + text[j:]
         elif op == "path":
             q = text.find('"', i)
             r = text.find('"', q + 1) if q >= 0 else -1
@@ -212,6 +225,8 @@ def exercise(data, path: str) -> tuple[float, float]:
     render_all(r.diagnostics)
     dumped = json.dumps([d.model_dump(mode="json") for d in r.diagnostics])
     took = (time.process_time() - c, time.perf_counter() - t)
+    if r.plan is not None:
+        COMPILED[0] += 1
     per_code: dict[str, int] = {}
     for d in r.diagnostics:
         per_code[d.code] = per_code.get(d.code, 0) + 1
@@ -309,7 +324,7 @@ def _run(rng, n, seed, hang, large_every, save, quiet, path) -> dict:
     slowest.sort(reverse=True)
     return {
         "inputs": n, "seed": seed, "wall_s": round(wall, 1), "kinds": dict(sorted(kinds.items())),
-        "uncaught_exceptions": len(failures), "hangs": len(hangs), "failures": failures[:20],
+        "compiled": COMPILED[0], "uncaught_exceptions": len(failures), "hangs": len(hangs), "failures": failures[:20],
         "slowest": [{"cpu_s": round(c, 3), "wall_s": round(w, 3), "kind": k, "size": z}
                     for c, w, k, z in slowest[:10]],
         "slowest_with_checks": {"seconds": round(slowest_total[0], 3), "kind": slowest_total[1],
@@ -359,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"inputs: {report['inputs']:,} (seed {args.seed}) in {report['wall_s']} s; by kind: {report['kinds']}")
+        print(f"compiled to a plan (then checked: plan JSON round trip, fmt): {report['compiled']:,}")
         print(f"uncaught exceptions: {report['uncaught_exceptions']}; hangs (> {args.hang:g} s): {report['hangs']}")
         for f in report["failures"][:5]:
             print(f"  #{f['index']} {f['kind']} ({f['size']} chars): {f['error']}\n{f['where']}")

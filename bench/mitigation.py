@@ -297,7 +297,7 @@ def main(argv=None) -> int:
         policy = write_policy(work, arm, strength or 0.0)
         apply_dir = work / arm / "apply"
         # a finished apply folder from an earlier run is trained on as is; otherwise apply, in memory
-        source = apply_dir if (apply_dir / "train.json").exists() else api.apply_to(
+        source = apply_dir if (apply_dir / "ethos-complete.json").exists() else api.apply_to(
             policy, apply_dir, DataSettings(path=str(work / "train.jsonl"), seed=args.seed))
         t_apply = time.perf_counter() - t0
         settings = TrainSettings(steps=args.steps, learning_rate=args.lr, beta=args.beta, batch_size=args.batch_size,

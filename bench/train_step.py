@@ -12,6 +12,7 @@ warm-up and not timed). Goals: shaped ≤ 1.05× vanilla, hooks ≤ 1.15× vanil
 
     .venv/bin/python bench/train_step.py                 # default model, batch 4, max_length 128
     .venv/bin/python bench/train_step.py --tiny          # a tiny random Llama (seconds; plumbing only)
+    .venv/bin/python bench/train_step.py --loss ipo      # another loss (docs/protocols.md); vanilla trl runs it too
 
 The pairs are hh-rlhf helpful-base pairs (``--data``, default ``../shared/data/hh-rlhf/helpful-base/
 test.jsonl.gz`` beside the repository), read as bench/mitigation.py reads them.
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--loss", default="sigmoid", help="the DPO loss of the shaped variants (vanilla trl runs the same)")
+    ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--data", type=Path, default=None, help="hh-rlhf jsonl.gz (default: the shared helpful-base test split)")
     args = ap.parse_args(argv)
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
             rules = [T.ActivationRule("ablation", "a", 0.0, T.orthonormal_rows(torch.randn(3, d, generator=g))),
                      T.ActivationRule("steering", "s", 0.0, u, 4.0), T.ActivationRule("penalty", "p", 0.0, u, 0.1)]
         data = ds if variant != "vanilla" else ds.remove_columns(["weight", "margin_offset"])
-        s = TrainSettings(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, progress=False)
+        s = TrainSettings(steps=args.steps, batch_size=args.batch_size, max_length=args.max_length, progress=False,
+                          loss=args.loss, label_smoothing=args.label_smoothing, save_steps=0)
         clock = Clock()
         tr = T.build_trainer(model, tok, data, s, out=Path(tempfile.mkdtemp()), layer=layer, rules=rules,
                              callbacks=[clock], vanilla=variant == "vanilla")
@@ -124,7 +128,7 @@ def main(argv=None) -> int:
             times[v] += run(v)
             print(f"round {r}: {v} median {statistics.median(times[v]):.3f} s/step", file=sys.stderr, flush=True)
     med = {v: statistics.median(t) for v, t in times.items()}
-    res = {"model": "tiny" if args.tiny else "smollm2-135m-instruct", "batch_size": args.batch_size,
+    res = {"model": "tiny" if args.tiny else "smollm2-135m-instruct", "loss": args.loss, "batch_size": args.batch_size,
            "max_length": args.max_length, "steps_timed": {v: len(t) for v, t in times.items()},
            "median_s_per_step": med, "ratio": {v: med[v] / med["vanilla"] for v in variants},
            "goals": {"shaped": 1.05, "hooks": 1.15}}

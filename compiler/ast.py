@@ -73,6 +73,7 @@ class MetricLens:
 @dataclass(frozen=True)
 class LexiconLens:
     path: Str
+    mode: Ident | None  # count | presence | density
     span: Loc
 
 
@@ -108,11 +109,63 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class Scope:
+    topic: Ident  # when topic <name>
+    span: Loc
+
+
+@dataclass(frozen=True)
 class Rule:
     action: Ident
     concept: Ident
     factor: Num | None
     protocol: Protocol | None
+    scope: Scope | None
+    span: Loc
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: Num  # above <value>
+    span: Loc
+
+
+@dataclass(frozen=True)
+class TopicLexicon:
+    path: Str
+    threshold: Threshold | None
+    span: Loc
+
+
+@dataclass(frozen=True)
+class TopicProbe:
+    path: Str
+    threshold: Threshold | None
+    span: Loc
+
+
+@dataclass(frozen=True)
+class TopicColumn:
+    column: Str
+    op: Ident
+    value: Str | Num
+    span: Loc
+
+
+@dataclass(frozen=True)
+class TopicCluster:
+    index: Num
+    k: Num
+    span: Loc
+
+
+TopicNode = Union[TopicLexicon, TopicProbe, TopicColumn, TopicCluster]
+
+
+@dataclass(frozen=True)
+class TopicDef:
+    name: Ident
+    source: TopicNode
     span: Loc
 
 
@@ -147,7 +200,7 @@ class ExpectEss:
     span: Loc
 
 
-Statement = Union[PolicyDecl, ModelDecl, SaeDecl, ConceptDef, Rule, ExpectConcept, ExpectPairs, ExpectEss]
+Statement = Union[PolicyDecl, ModelDecl, SaeDecl, ConceptDef, TopicDef, Rule, ExpectConcept, ExpectPairs, ExpectEss]
 
 
 @dataclass(frozen=True)
@@ -235,13 +288,15 @@ def _features(c: list, loc: Loc) -> FeaturesLens:
 
 
 def _rule(c: list, loc: Loc) -> Rule:
-    factor = protocol = None
+    factor = protocol = scope = None
     for x in c[2:]:
         if x.__class__ is Num:
             factor = x
         elif x.__class__ is Protocol:
             protocol = x
-    return Rule(c[0], c[1], factor, protocol, loc)
+        elif x.__class__ is Scope:
+            scope = x
+    return Rule(c[0], c[1], factor, protocol, scope, loc)
 
 
 BUILDERS = {
@@ -252,11 +307,18 @@ BUILDERS = {
     "concept_def": lambda c, loc: ConceptDef(c[0], c[1], loc),
     "pool": lambda c, loc: Pool(c[0], loc),
     "metric_lens": lambda c, loc: MetricLens(c[0], loc),
-    "lexicon_lens": lambda c, loc: LexiconLens(c[0], loc),
+    "lexicon_lens": lambda c, loc: LexiconLens(c[0], _opt(c, 1), loc),
     "probe_lens": lambda c, loc: ProbeLens(c[0], _opt(c, 1), loc),
     "features_lens": _features,
     "protocol": lambda c, loc: Protocol(c[0], _opt(c, 1), loc),
     "rule": _rule,
+    "scope": lambda c, loc: Scope(c[0], loc),
+    "topic_def": lambda c, loc: TopicDef(c[0], c[1], loc),
+    "topic_lexicon": lambda c, loc: TopicLexicon(c[0], _opt(c, 1), loc),
+    "topic_probe": lambda c, loc: TopicProbe(c[0], _opt(c, 1), loc),
+    "topic_column": lambda c, loc: TopicColumn(c[0], c[1], c[2], loc),
+    "topic_cluster": lambda c, loc: TopicCluster(c[0], c[1], loc),
+    "threshold": lambda c, loc: Threshold(c[0], loc),
     "phase": lambda c, loc: Phase(c[0], loc),
     "expect_concept": lambda c, loc: ExpectConcept(c[0], c[1], c[2], c[3], _opt(c, 4), loc),
     "expect_pairs": lambda c, loc: ExpectPairs(c[0], c[1], c[2], loc),

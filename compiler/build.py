@@ -16,6 +16,7 @@ def build_plan(checked: Checked, source_text: str) -> Plan:
         model=r.model,
         sae=r.sae,
         concepts=tuple(r.concepts.values()),
+        topics=tuple(r.topics.values()),
         interventions=tuple(checked.interventions),
         keeps=tuple(checked.keeps),
         expectations=tuple(checked.expectations),

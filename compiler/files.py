@@ -42,10 +42,17 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class Content:
+    sha256: str
+    above: float | None = None  # a lexicon's ``# ethos: above N`` line: its default topic threshold
+
+
+@dataclass(frozen=True)
 class Found:
     path: Path  # where it is on disk
     root: str  # "policy" or "library": what the written path is relative to
     sha256: str
+    above: float | None = None
 
 
 def allowed_roots(policy_path: str, library_root: Path) -> tuple[str, ...]:
@@ -134,14 +141,15 @@ def locate(written: str, policy_path: str, library_root: Path, roots: tuple[str,
         result = check_content(real, kind, st.st_mtime_ns, st.st_size)
         if isinstance(result, Problem):
             return result
-        return Found(full, root, result)
+        return Found(full, root, result.sha256, result.above)
     return ["the concept library (specs/)" if root == "library" else str(full.parent) + os.sep
             for full, root in candidates]
 
 
 @functools.lru_cache(maxsize=256)
-def check_content(path: str, kind: str, _mtime: int, _size: int) -> Problem | str:
-    """A regular file's content: its sha256, or the problem (cached by modification time and size)."""
+def check_content(path: str, kind: str, _mtime: int, _size: int) -> Problem | Content:
+    """A regular file's content: its sha256 (and a lexicon's default topic threshold), or the
+    problem (cached by modification time and size)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
@@ -173,7 +181,33 @@ def check_content(path: str, kind: str, _mtime: int, _size: int) -> Problem | st
     problem = format_problem(text, kind)
     if problem:
         return Problem("E210", problem, "see docs/language.md for the file formats")
-    return sha
+    above = None
+    if kind == "lexicon":
+        above = default_threshold(text)
+        if isinstance(above, str):
+            return Problem("E210", above, "write '# ethos: above N' with N >= 0, e.g. '# ethos: above 1'")
+    return Content(sha, above)
+
+
+_DIRECTIVE = "# ethos:"
+
+
+def default_threshold(text: str) -> float | str | None:
+    """A lexicon's default threshold as a topic: a comment line ``# ethos: above N`` (matches in
+    the prompt above N put a pair in the topic). None when there is none; a message when it is bad."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped.lower().startswith(_DIRECTIVE):
+            continue
+        words = stripped[len(_DIRECTIVE):].split()
+        try:
+            value = float(words[1]) if len(words) == 2 and words[0] == "above" else None
+        except ValueError:
+            value = None
+        if value is None or not (value >= 0 and value != float("inf")):
+            return f"has a bad '{_DIRECTIVE}' line: {stripped[:60]!r}"
+        return value
+    return None
 
 
 def format_problem(text: str, kind: str) -> str | None:

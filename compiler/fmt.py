@@ -22,7 +22,7 @@ def _lens_tokens(lens: A.LensNode) -> list[str]:
     if isinstance(lens, A.MetricLens):
         out = ["metric", lens.metric.text]
     elif isinstance(lens, A.LexiconLens):
-        out = ["lexicon", lens.path.raw]
+        out = ["lexicon", lens.path.raw] + ([lens.mode.text] if lens.mode is not None else [])
     elif isinstance(lens, A.ProbeLens):
         out = ["probe", lens.path.raw]
     else:
@@ -32,6 +32,17 @@ def _lens_tokens(lens: A.LensNode) -> list[str]:
     if isinstance(lens, (A.ProbeLens, A.FeaturesLens)) and lens.pool is not None:
         out += ["pool", lens.pool.mode.text]
     return out
+
+
+def _topic_tokens(src: A.TopicNode) -> list[str]:
+    if isinstance(src, (A.TopicLexicon, A.TopicProbe)):
+        word = "lexicon" if isinstance(src, A.TopicLexicon) else "probe"
+        above = ["above", src.threshold.value.text] if src.threshold is not None else []
+        return [word, src.path.raw, *above]
+    if isinstance(src, A.TopicColumn):
+        value = src.value.raw if isinstance(src.value, A.Str) else src.value.text
+        return ["column", src.column.raw, src.op.text, value]
+    return ["cluster", src.index.text, "of", src.k.text]
 
 
 def statement_tokens(st: A.Statement) -> list[str]:
@@ -45,6 +56,8 @@ def statement_tokens(st: A.Statement) -> list[str]:
         return ["sae", st.name.raw, ";"]
     if isinstance(st, A.ConceptDef):
         return ["concept", st.name.text, "=", *_lens_tokens(st.lens), ";"]
+    if isinstance(st, A.TopicDef):
+        return ["topic", st.name.text, "=", *_topic_tokens(st.source), ";"]
     if isinstance(st, A.Rule):
         out = [st.action.text, "concept", st.concept.text]
         if st.factor is not None:
@@ -54,6 +67,8 @@ def statement_tokens(st: A.Statement) -> list[str]:
             out += ["via", p.name.text]
             if p.arg is not None:
                 out.append(p.arg.raw if isinstance(p.arg, A.Str) else p.arg.text)
+        if st.scope is not None:
+            out += ["when", "topic", st.scope.topic.text]
         return out + [";"]
     if isinstance(st, A.ExpectConcept):
         phase = [st.phase.when.text, "plan"] if st.phase else []

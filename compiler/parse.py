@@ -1,10 +1,13 @@
 """Policy text -> AST, with positions; syntax mistakes become labelled diagnostics.
 
 The grammar is ``grammar.lark``; lark builds its LALR table once. The text is cut into tokens by
-one regular expression, and a small driver runs lark's table over them, one statement at a time,
-building the AST on each reduction. This is several times faster than lark's own lexer and parse
-tree (a 1 MB policy parses in well under a second) and keeps every syntax diagnostic exact: the
-"expected ..." sets are the table's.
+one regular expression, line by line. A statement's parse depends only on its tokens' classes
+(which keyword, or a name, a number, a string), so a small driver runs lark's table over the
+classes once per statement shape and records the steps that build the AST (``_plan``, cached);
+every statement of that shape is then built by replaying them (``_run``). This is several times
+faster than lark's own lexer and parse tree — a 1 MB policy parses in well under a second — and
+keeps every syntax diagnostic exact: the "expected ..." sets are the table's. Tests hold the
+result to lark's own parse of the same text.
 
 Each statement starts from the table's start state, so a syntax error loses only its statement:
 the parser records the error, skips to the end of the broken statement and goes on, up to
@@ -28,7 +31,8 @@ from .plan import Span
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")
 MAX_SYNTAX_ERRORS = 20
-STATEMENT_KEYWORDS = ("policy", "model", "sae", "concept", "block", "dampen", "keep", "amplify", "reverse", "expect")
+STATEMENT_KEYWORDS = ("policy", "model", "sae", "concept", "topic", "block", "dampen", "keep", "amplify", "reverse",
+                      "encourage", "discourage", "expect")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -419,7 +423,7 @@ def _describe(term: str) -> str:
         "NUMBER": "a number",
         "STRING": 'a quoted string ("...")',
         "CMP": "a comparison (<, <=, >, >=, ==, !=)",
-        "ACTION": "an action (block, dampen, keep, amplify, reverse)",
+        "ACTION": "an action (block, dampen, keep, amplify, reverse, encourage, discourage)",
         "PHASE": "'after' or 'before'",
     }
     if term in names:
@@ -489,7 +493,8 @@ def _syntax_diagnostic(err: _Error, toks: list[Tok], path: str, table: _Table) -
 
     if expected == {"NAME"}:
         prev = err.prev.text if err.prev is not None and err.prev.kind == "WORD" else ""
-        what = {"concept": "a concept name", "metric": "a metric name", "pool": "'mean' or 'max'",
+        what = {"concept": "a concept name", "topic": "a topic name", "metric": "a metric name",
+                "pool": "'mean' or 'max'",
                 "via": "a protocol name (data, filter, relabel, inoculation, loss, ablation, steering, penalty)"}
         if prev in what:
             return error("E107", f"expected {what[prev]} after '{prev}', found {text_of}", span,
@@ -498,6 +503,11 @@ def _syntax_diagnostic(err: _Error, toks: list[Tok], path: str, table: _Table) -
         prev = err.prev.text if err.prev is not None and err.prev.kind == "WORD" else ""
         return error("E108", f"expected 'concept' after '{prev}', found {text_of}", span,
                      f"write '{prev} concept <name> ...;'")
+    if expected & {"COLUMN", "CLUSTER"}:
+        word = tok.text
+        hint = did_you_mean(word, ("lexicon", "probe", "column", "cluster")) if _WORD.fullmatch(word) else None
+        return error("E111", f"expected a topic definition (lexicon, probe, column or cluster), found {text_of}",
+                     span, hint or "e.g. 'topic cooking = lexicon \"topics/cooking.txt\";'")
     if expected & {"METRIC", "LEXICON", "PROBE", "FEATURES"}:
         word = tok.text
         hint = did_you_mean(word, ("metric", "lexicon", "probe", "features")) if _WORD.fullmatch(word) else None

@@ -7,6 +7,7 @@ the same policy compiles to byte-identical output on every run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal, Union
 
@@ -67,9 +68,19 @@ class FileRef(Frozen):
     sha256: str
 
 
+LexiconMode = Literal["count", "presence", "density"]
+LEXICON_MODES: tuple[str, ...] = ("count", "presence", "density")
+
+
 class LexiconLens(Frozen):
+    """Matches of the file's words and phrases in the reply, scored by ``mode``: ``count`` (the
+    number of matches; the default), ``presence`` (1 if any matches, else 0) or ``density``
+    (matches per 100 words). Density divides by the reply's length, so it manufactures a signal
+    wherever chosen and rejected replies differ in length; count does not."""
+
     kind: Literal["lexicon"] = "lexicon"
     file: FileRef
+    mode: LexiconMode = "count"
 
 
 class ProbeLens(Frozen):
@@ -108,7 +119,9 @@ class Concept(Frozen):
 # ---------------------------------------------------------------------------------------------
 # Interventions: one factor realised by one protocol. A tagged union on ``protocol``.
 
-Action = Literal["block", "dampen", "keep", "amplify", "reverse"]
+Action = Literal["block", "dampen", "keep", "amplify", "reverse", "encourage", "discourage"]
+FACTOR_ACTIONS: tuple[str, ...] = ("block", "dampen", "keep", "amplify", "reverse")  # k known when compiling
+DIRECTION_ACTIONS: dict[str, int] = {"encourage": 1, "discourage": -1}  # a target coefficient of this sign
 Stage = Literal["data", "loss", "activation"]
 LensKind = Literal["metric", "lexicon", "probe", "features"]
 
@@ -127,6 +140,9 @@ class ProtocolInfo:
       filter, relabel). Inoculation acts at the data stage but edits prompts, not pairs.
     - ``argument``: the field of the intervention that holds the protocol's argument
       (``text``, ``strength``, ``weight``) or None.
+    - ``in_training``: True when the trainer realises it during training (activation hooks or an
+      added loss term: ablation, steering, penalty); False when ``ethos apply`` realises it in the
+      data it writes (weights, labels, copies, prompts, margin offsets).
     - ``actions`` / ``lenses``: which actions it can realise and on which kinds of concept.
     """
 
@@ -137,22 +153,23 @@ class ProtocolInfo:
     actions: tuple[str, ...] = ()
     lenses: tuple[str, ...] = ALL_LENSES
     argument_help: str = ""
+    in_training: bool = False
 
 
 PROTOCOLS: dict[str, ProtocolInfo] = {
     p.name: p
     for p in (
-        ProtocolInfo("data", "data", True, None, ("block", "dampen", "amplify", "reverse")),
+        ProtocolInfo("data", "data", True, None, ("block", "dampen", "amplify", "reverse", "encourage", "discourage")),
         ProtocolInfo("filter", "data", True, None, ("block", "dampen", "amplify")),
         ProtocolInfo("relabel", "data", True, None, ("block", "reverse")),
         ProtocolInfo("inoculation", "data", False, "text", ("block", "dampen"),
                      argument_help='the instruction, e.g. via inoculation "You tend to agree with the user."'),
-        ProtocolInfo("loss", "loss", False, None, ("block", "dampen", "amplify", "reverse")),
-        ProtocolInfo("ablation", "activation", False, None, ("block", "dampen"), MODEL_LENSES),
+        ProtocolInfo("loss", "loss", False, None, ("block", "dampen", "amplify", "reverse", "encourage", "discourage")),
+        ProtocolInfo("ablation", "activation", False, None, ("block", "dampen"), MODEL_LENSES, in_training=True),
         ProtocolInfo("steering", "activation", False, "strength", ("block", "dampen"), MODEL_LENSES,
-                     argument_help="the steering strength, e.g. via steering 4.0"),
+                     argument_help="the steering strength, e.g. via steering 4.0", in_training=True),
         ProtocolInfo("penalty", "loss", False, "weight", ("block", "dampen"), MODEL_LENSES,
-                     argument_help="the penalty weight, e.g. via penalty 0.1"),
+                     argument_help="the penalty weight, e.g. via penalty 0.1", in_training=True),
     )
 }
 DEFAULT_PROTOCOL = "data"
@@ -162,12 +179,45 @@ PROTOCOL_KIND: dict[str, str] = {name: info.stage for name, info in PROTOCOLS.it
 
 
 class _Intervention(Frozen):
+    """One rule realised by one protocol.
+
+    A factor action (block, dampen, keep, amplify, reverse) has its ``factor`` k: the concept's
+    coefficient α becomes k·α. ``encourage``/``discourage`` name a direction instead: the
+    coefficient becomes a target of sign ``direction`` (+1 more of the concept, −1 less) and size
+    ``size`` (``by s``), or the data's own |α| when ``size`` is None. Their ``factor`` is
+    None: k = target/α is known only once the data's α is (``factor_for``).
+    ``scope`` is the topic a ``when topic`` rule is limited to (None: every pair)."""
+
     rule_id: str  # stable, unique within a plan: see ``rule_id`` below
     concept: str
     lens: LensKind
     action: Action
-    factor: float  # k: block 0, dampen f, keep 1, amplify f, reverse -1
+    factor: float | None  # k: block 0, dampen f, keep 1, amplify f, reverse -1; None for a direction
+    direction: Literal[1, -1] | None = None  # encourage +1, discourage -1; None for a factor action
+    size: float | None = None  # |target α| for encourage/discourage (None: the data's |α|)
+    scope: str | None = None  # the topic of a ``when topic`` rule
     span: Span
+
+    def target_for(self, alpha: float) -> float:
+        """The coefficient this rule aims at, given the data's α: k·α, or for a direction
+        ``direction·(size or |α|)``."""
+        if self.direction is None:
+            return self.factor * alpha
+        return self.direction * (self.size if self.size is not None else abs(alpha))
+
+    def factor_for(self, alpha: float) -> float:
+        """The factor k that realises this rule given the data's α (k = target/α). For a
+        direction with α = 0 there is no such factor: ``inf`` (with the target's sign)."""
+        if self.direction is None:
+            return self.factor
+        target = self.target_for(alpha)
+        if alpha == 0:
+            return math.copysign(math.inf, target) if target else 1.0
+        return target / alpha
+
+    @property
+    def in_training(self) -> bool:
+        return self.info.in_training
 
     @property
     def info(self) -> ProtocolInfo:
@@ -182,14 +232,16 @@ class _Intervention(Frozen):
         return self.info.shapes_data
 
 
-def rule_id(concept: str, protocol: str, taken: set[str] | frozenset[str] = frozenset()) -> str:
-    """The rule id of an intervention: ``<concept>/<protocol>``, e.g. ``sycophancy/data``.
+def rule_id(concept: str, protocol: str, taken: set[str] | frozenset[str] = frozenset(),
+            scope: str | None = None) -> str:
+    """The rule id of an intervention: ``<concept>/<protocol>``, e.g. ``sycophancy/data``, and
+    ``<concept>/<protocol>@<topic>`` for a ``when topic`` rule, e.g. ``sycophancy/data@medical``.
 
-    A plan holds at most one intervention per (concept, protocol), so this is unique; should a
-    pair ever repeat, the later ones get ``#2``, ``#3``, ... in source order. It depends only on
-    the policy's meaning, not on line numbers, so reformatting or moving a rule keeps its id.
+    A plan holds at most one intervention per (concept, protocol, topic), so this is unique; should
+    one ever repeat, the later ones get ``#2``, ``#3``, ... in source order. It depends only on the
+    policy's meaning, not on line numbers, so reformatting or moving a rule keeps its id.
     """
-    base = f"{concept}/{protocol}"
+    base = f"{concept}/{protocol}" + (f"@{scope}" if scope else "")
     rid, n = base, 1
     while rid in taken:
         n += 1
@@ -259,10 +311,66 @@ Intervention = Annotated[
 
 
 class Keep(Frozen):
-    """``keep concept x;``: seen and explicitly allowed (k = 1), no intervention."""
+    """``keep concept x;``: seen and explicitly allowed (k = 1), no intervention. With a scope,
+    k = 1 for the pairs in that topic (overriding an unscoped rule for those pairs)."""
 
     concept: str
+    scope: str | None = None
     span: Span
+
+
+# ---------------------------------------------------------------------------------------------
+# Topics: sets of pairs chosen by their prompt. A tagged union on ``kind``.
+
+TOPIC_DEFAULT_THRESHOLD = {"lexicon": 0.0, "probe": 0.5}
+MAX_CLUSTERS = 1000
+
+
+class LexiconTopic(Frozen):
+    """Pairs whose prompt has more than ``threshold`` matches of the file's words and phrases
+    (the default, 0: at least one)."""
+
+    kind: Literal["lexicon"] = "lexicon"
+    name: str
+    file: FileRef
+    threshold: float = TOPIC_DEFAULT_THRESHOLD["lexicon"]
+    span: Span | None = None
+
+
+class ProbeTopic(Frozen):
+    """Pairs whose prompt a probe, trained on the file's exemplars (``positive``: prompts in the
+    topic, ``negative``: prompts outside it), scores above ``threshold`` (a probability; default 0.5)."""
+
+    kind: Literal["probe"] = "probe"
+    name: str
+    file: FileRef
+    threshold: float = TOPIC_DEFAULT_THRESHOLD["probe"]
+    span: Span | None = None
+
+
+class ColumnTopic(Frozen):
+    """Pairs whose data column ``column`` compares to ``value`` by ``op``."""
+
+    kind: Literal["column"] = "column"
+    name: str
+    column: str
+    op: Literal["<", "<=", ">", ">=", "==", "!="]
+    value: str | float
+    span: Span | None = None
+
+
+class ClusterTopic(Frozen):
+    """Pairs whose prompt falls in cluster ``index`` (0-based) of a seeded k-means with ``k``
+    clusters over the model's pooled prompt activations (pinned in ethos.lock)."""
+
+    kind: Literal["cluster"] = "cluster"
+    name: str
+    index: int
+    k: int
+    span: Span | None = None
+
+
+Topic = Annotated[Union[LexiconTopic, ProbeTopic, ColumnTopic, ClusterTopic], Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +438,7 @@ class Plan(Frozen):
     model: ModelBinding
     sae: SaeBinding
     concepts: tuple[Concept, ...]  # every concept a rule or expectation uses, sorted by name
+    topics: tuple[Topic, ...] = ()  # every topic the policy defines, in source order
     interventions: tuple[Intervention, ...]  # in source order
     keeps: tuple[Keep, ...]
     expectations: tuple[Expectation, ...]
@@ -345,7 +454,8 @@ class Plan(Frozen):
                 filled = []
                 for i in items:
                     if isinstance(i, dict) and "rule_id" not in i:
-                        i = {"rule_id": rule_id(str(i.get("concept")), str(i.get("protocol")), taken), **i}
+                        i = {"rule_id": rule_id(str(i.get("concept")), str(i.get("protocol")), taken,
+                                                i.get("scope")), **i}
                     if isinstance(i, dict):
                         taken.add(i["rule_id"])
                     filled.append(i)
@@ -373,11 +483,28 @@ class Plan(Frozen):
                 return c
         raise KeyError(name)
 
-    def factors(self) -> dict[str, float]:
-        """The factor k of every concept that a rule names (keep gives 1)."""
-        out = {k.concept: 1.0 for k in self.keeps}
-        for i in self.interventions:
-            out[i.concept] = i.factor
+    def topic(self, name: str):
+        for t in self.topics:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def factors(self, scope: str | None = None) -> dict[str, float]:
+        """The factor k of every concept a factor rule names (keep gives 1), for the pairs outside
+        every topic (``scope`` None) or for the pairs in topic ``scope`` (its own rules override
+        the unscoped ones). Concepts under ``encourage``/``discourage`` are not here: their k
+        depends on the data's α (``Intervention.factor_for``)."""
+        out: dict[str, float] = {}
+        for want in (None,) if scope is None else (None, scope):  # a topic's own rules win
+            for k in self.keeps:
+                if k.scope == want:
+                    out[k.concept] = 1.0
+            for i in self.interventions:
+                if i.scope == want:
+                    if i.factor is None:
+                        out.pop(i.concept, None)
+                    else:
+                        out[i.concept] = i.factor
         return dict(sorted(out.items()))
 
 

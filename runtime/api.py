@@ -25,7 +25,6 @@ user. ::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -168,12 +167,14 @@ def apply_to(policy: str | Path, out: str | Path, data: DataSettings = DataSetti
 
 def train(source: str | Path | Applied, out: str | Path, settings: TrainSettings = TrainSettings(), *,
           data: DataSettings | None = None) -> Trained:
-    """DPO (trl) under a plan, with its per-pair weights, margin offsets and training-time
-    interventions (:mod:`ethos.runtime.trainer`). ``source``: a policy (or saved plan) file —
-    applied first with ``data`` into ``out/apply/`` and trained on in memory —, an ``ethos
-    apply`` folder (read once), or an :class:`Applied`. Writes ``out/adapter`` (or
-    ``out/model``), ``out/plan.json``, ``out/train.json`` and ``out/log.jsonl``. Raises
-    ``EthosError``."""
+    """DPO (trl; ``settings.loss``, :mod:`ethos.runtime.losses`) or a reward model
+    (``settings.reward_model``, :mod:`ethos.runtime.reward`) under a plan, with its per-pair
+    weights, margin offsets and training-time interventions (:mod:`ethos.runtime.trainer`).
+    ``source``: a policy (or saved plan) file — applied first with ``data`` into ``out/apply/``
+    and trained on in memory —, an ``ethos apply`` folder (read once), or an :class:`Applied`.
+    Checkpoints go to ``out/checkpoints`` and a rerun resumes from them
+    (:mod:`ethos.runtime.training`). Writes ``out/adapter`` (or ``out/model``), ``out/plan.json``,
+    ``out/log.jsonl`` and, last, ``out/train.json``. Raises ``EthosError``."""
     from .apply import read_folder
 
     out = Path(out)
@@ -224,13 +225,9 @@ def lock(policy: str | Path, data: DataSettings = DataSettings(), *, progress: b
     """Resolve every name of ``policy`` on ``data`` — the model's files, lexicon, probe and SAE
     hashes, the data's fingerprint from its bytes; nothing is scored and the model is not run —
     and pin it in the ethos.lock beside it; returns the lock's path. Raises ``EthosError``
-    (:class:`PlanError` for a saved plan: a lock belongs to a policy file)."""
-    from .lock import write_entry
-    from .planner import resolve
-    from .progress import stage
+    (:class:`PlanError` for a saved plan: a lock belongs to a policy file). The same as
+    :func:`ethos.runtime.lock.lock_policy`, which ``ethos lock`` calls without importing the
+    statistics."""
+    from .lock import lock_policy
 
-    with stage("resolving the policy's names", enabled=progress):
-        res = resolve(policy, data, command="lock")
-    if res.policy_path is None:
-        raise PlanError(f"{policy} is a saved plan; lock the policy file it was made from")
-    return write_entry(res.policy_path, res.lock_entry)
+    return lock_policy(policy, data, progress=progress)

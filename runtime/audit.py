@@ -22,11 +22,14 @@ The draft policy written from an audit document is :mod:`ethos.runtime.draft`; t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -333,11 +336,14 @@ def audit_scores(
     )
 
 
-# Words of the policy language (compiler/grammar.lark): no candidate is named after one.
-KEYWORDS = frozenset({
-    "policy", "model", "layer", "sae", "concept", "metric", "lexicon", "probe", "features", "pool", "block",
-    "dampen", "keep", "amplify", "reverse", "by", "via", "expect", "pairs", "ess", "after", "before", "plan",
-})
+@functools.cache
+def keywords() -> frozenset[str]:
+    """Every word of the policy language (the quoted words of ``compiler/grammar.lark``): no
+    candidate is named after one."""
+    import ethos.compiler
+
+    grammar = (Path(ethos.compiler.__file__).parent / "grammar.lark").read_text(encoding="utf-8")
+    return frozenset(re.findall(r'"([A-Za-z_]+)"', grammar))
 
 
 def _discover(latents: tuple[np.ndarray, np.ndarray], finite: np.ndarray, w: np.ndarray | None, p: np.ndarray,
@@ -348,7 +354,7 @@ def _discover(latents: tuple[np.ndarray, np.ndarray], finite: np.ndarray, w: np.
     lc, lr = np.asarray(latents[0]), np.asarray(latents[1])
     if len(lc) != len(finite) or len(lr) != len(finite):
         raise ValueError(f"latent matrices have {len(lc)} rows for {len(finite)} pairs")
-    options["reserved"] = KEYWORDS | set(reserved) | set(options.get("reserved", ()))
+    options["reserved"] = keywords() | set(reserved) | set(options.get("reserved", ()))
     lc, lr = lc[finite], lr[finite]
     if holdout is None:
         return discover(lc, lr, weights=w, extra_p=p, seed=seed, n_boot=n_boot, **options)
@@ -369,8 +375,8 @@ def _discover(latents: tuple[np.ndarray, np.ndarray], finite: np.ndarray, w: np.
         "fraction": round(float(held.mean()), 4) if len(held) else 0.0,
         "discovery_pairs": int((~held).sum()),
         "heldout_pairs": int(held.sum()),
-        "candidates_tested": sum(np.isfinite(c.heldout["p"]) for c in cands if c.heldout),
-        "replicated": sum(bool(c.replicated) for c in cands),
+        "candidates_tested": int(sum(bool(np.isfinite(c.heldout["p"])) for c in cands if c.heldout)),
+        "replicated": int(sum(bool(c.replicated) for c in cands)),
         "test": f"exact two-sided sign test of each candidate's score on the held-out pairs, BH over the candidates; "
                 f"replicated: q < {Q_REPLICATE} and d of the same sign as on the discovery pairs",
     }
@@ -382,8 +388,11 @@ def _length_effects(out: list[ConceptStats], concepts: list[str], z: np.ndarray,
                     length_concept: str | None, *, min_pairs: int) -> dict[str, Any]:
     """Each concept's α without and with length in the joint fit, and the part of its d that the
     length difference explains (:func:`ethos.runtime.stats.covariate_adjusted_d`); the length
-    covariate's own d and α. ``fit`` is the concepts' joint fit (over the varying concepts)."""
-    fitted = [j for j in range(len(concepts)) if sd_c[j] > 0]
+    covariate's own d and α. ``fit`` is the concepts' joint fit (over the varying concepts); the
+    second fit takes only the concepts that one could fit (not those it left out for separation
+    or collinearity), plus or minus length."""
+    varying = [j for j in range(len(concepts)) if sd_c[j] > 0]
+    fitted = [j for k, j in enumerate(varying) if np.isfinite(fit.alpha[k])]
     if length_concept is not None:
         if length_concept not in concepts:
             raise KeyError(f"the length concept {length_concept!r} is not audited")
@@ -391,19 +400,19 @@ def _length_effects(out: list[ConceptStats], concepts: list[str], z: np.ndarray,
         d_len = delta[:, lj]
         others = [j for j in fitted if j != lj]
         with_fit = fit
-        with_cols = fitted
+        with_cols = varying
         without = joint(z[:, others], w, names=[concepts[j] for j in others], min_pairs=min_pairs)
         without_cols = others
-        k_len = fitted.index(lj) if lj in fitted else None
+        k_len = varying.index(lj) if lj in varying else None
         source = {"source": "concept", "concept": length_concept}
     else:
         assert length is not None
         ls = standardise(np.asarray(length[0], float)[finite, None], np.asarray(length[1], float)[finite, None])
         d_len = ls.delta[:, 0]
-        with_fit = joint(np.column_stack([z[:, fitted], ls.z[:, 0]]), w, names=[concepts[j] for j in fitted] + ["length"],
-                         min_pairs=min_pairs)
+        with_fit = joint(np.column_stack([z[:, fitted], ls.z[:, 0]]), w,
+                         names=[concepts[j] for j in fitted] + ["length"], min_pairs=min_pairs)
         with_cols = fitted + [-1]
-        without, without_cols = fit, fitted
+        without, without_cols = fit, varying
         k_len = len(fitted)
         lj = None
         source = {"source": "covariate", "concept": None}
@@ -411,10 +420,12 @@ def _length_effects(out: list[ConceptStats], concepts: list[str], z: np.ndarray,
     for j, cs in enumerate(out):
         if j in with_cols:
             k = with_cols.index(j)
-            cs.alpha_with_length, cs.alpha_with_length_ci = _f(with_fit.alpha[k]), [_f(with_fit.lo[k]), _f(with_fit.hi[k])]
+            cs.alpha_with_length = _f(with_fit.alpha[k])
+            cs.alpha_with_length_ci = [_f(with_fit.lo[k]), _f(with_fit.hi[k])]
         if j in without_cols:
             k = without_cols.index(j)
-            cs.alpha_without_length, cs.alpha_without_length_ci = _f(without.alpha[k]), [_f(without.lo[k]), _f(without.hi[k])]
+            cs.alpha_without_length = _f(without.alpha[k])
+            cs.alpha_without_length_ci = [_f(without.lo[k]), _f(without.hi[k])]
         if j != lj and sd_c[j] > 0:
             cs.d_length_adjusted, cs.length_explains = _f(d_adj[j]), _f(explained[j])
     mg = marginal(d_len[:, None], w, n_boot=0) if len(d_len) else None
@@ -568,7 +579,8 @@ def audit_dataset(
     if length and length_concept is not None:
         length_setting = f"the audited concept {length_concept} ({plan.concept(length_concept).lens_text()})"
     elif length:
-        length_scores, length_setting, length_note = _length_scores(loaded, table, model_name, cache_dir, data.batch_size)
+        length_scores, length_setting, length_note = _length_scores(loaded, table, model_name, cache_dir,
+                                                                    data.batch_size)
     latents = options = acts = holdout = None
     if discover:
         acts, (sae, model_obj, tokenizer) = latent_activations(
@@ -619,10 +631,12 @@ def _length_scores(loaded: Any, table: Any, model: str, cache_dir: Any, batch_si
     compiled = plan_for_concepts([LENGTH_CONCEPT])
     assert compiled.plan is not None, compiled.diagnostics
     try:
-        scores = featurize(compiled.plan, loaded, cache_dir=cache_dir, batch_size=batch_size, progress=False, model=model)
+        scores = featurize(compiled.plan, loaded, cache_dir=cache_dir, batch_size=batch_size, progress=False,
+                           model=model)
     except EthosError as exc:
         return None, "unavailable", f"length is not fitted as a covariate: {exc}"
     if list(scores["id"]) != list(table["id"]):
         raise AuditError("internal: the length scores are not in the rows of the concept scores")
-    lengths = (scores[f"{LENGTH_CONCEPT}.chosen"].to_numpy(dtype=float), scores[f"{LENGTH_CONCEPT}.rejected"].to_numpy(dtype=float))
+    lengths = (scores[f"{LENGTH_CONCEPT}.chosen"].to_numpy(dtype=float),
+               scores[f"{LENGTH_CONCEPT}.rejected"].to_numpy(dtype=float))
     return lengths, f"{LENGTH_CONCEPT} (metric length: tokens of {model}), as a covariate", None

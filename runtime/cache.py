@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .model import cache_root
+from .model import cache_root, say
 
 SHARD_SUFFIX = ".parquet"
 _SCHEMA = pa.schema(
@@ -85,7 +85,9 @@ class ScoreCache:
         for _ in range(3):  # a concurrent compaction may remove a shard between list and read
             try:
                 for path in self.shards(group):
-                    table = pq.read_table(path)
+                    table = self._read_shard(path)
+                    if table is None:
+                        continue
                     ns = table.column("ns").to_pylist()
                     keys = table.column("key").to_pylist()
                     stats = table.column("stat").to_pylist()
@@ -97,6 +99,27 @@ class ScoreCache:
             except FileNotFoundError:
                 out.clear()
         raise OSError(f"cache group {self._dir(group)} keeps changing while being read")
+
+    def _read_shard(self, path: Path) -> pa.Table | None:
+        """One shard, or None when it cannot be read (truncated, garbage, wrong columns): the
+        shard is moved aside as ``<name>.unreadable`` so its scores are recomputed, and the user is
+        told once. A missing file (a concurrent compaction) is left to the caller."""
+        try:
+            table = pq.read_table(path)
+            for column in ("ns", "key", "stat", "value"):
+                table.column(column)
+            return table
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+            aside = path.with_name(path.name + ".unreadable")
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:
+                return None
+            say(f"cache: {path} could not be read ({type(exc).__name__}: {str(exc)[:120]}); "
+                f"moved aside to {aside.name}, its scores will be recomputed")
+            return None
 
     def put(self, group: str, rows: Sequence[Row]) -> Path | None:
         """Write one shard atomically; returns its path (None when there is nothing to write)."""
@@ -117,7 +140,9 @@ class ScoreCache:
             }
         ).cast(_SCHEMA)
         pq.write_table(table, tmp)
+        _fsync(tmp)
         os.replace(tmp, final)
+        _fsync_dir(d)
         return final
 
     def compact(self, group: str, *, min_shards: int = 32) -> bool:
@@ -129,15 +154,44 @@ class ScoreCache:
         tables = []
         for p in paths:
             try:
-                tables.append(pq.read_table(p).cast(_SCHEMA))
+                table = self._read_shard(p)
             except FileNotFoundError:
                 return False  # another process is compacting
+            if table is not None:
+                tables.append(table.cast(_SCHEMA))
+        if not tables:
+            return False
         merged = pa.concat_tables(tables).unify_dictionaries().combine_chunks()
         d = self._dir(group)
         name = uuid.uuid4().hex
         tmp = d / f".{name}.tmp"
         pq.write_table(merged, tmp)
+        _fsync(tmp)
         os.replace(tmp, d / f"{name}{SHARD_SUFFIX}")
+        _fsync_dir(d)
         for p in paths:
             p.unlink(missing_ok=True)
         return True
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data to disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -2,7 +2,8 @@
 from device tensors to host memory.
 
 - **Device.** ``ETHOS_DEVICE`` (``cpu``, ``cuda``, ``cuda:N``) when set, else CUDA when
-  torch sees a GPU, else the CPU (:func:`default_device`; :func:`resolve_device` for an explicit
+  torch sees a GPU (under ``accelerate launch``/``torchrun`` the one of ``LOCAL_RANK``), else
+  the CPU (:func:`default_device`; :func:`resolve_device` for an explicit
   choice). ``cuda`` is normalised to ``cuda:<current index>`` so that devices compare equal to
   the ones tensors report.
 - **Dtype.** bf16 where the device computes it natively (CUDA with bf16 support, a CPU with
@@ -59,6 +60,8 @@ def resolve_device(device: torch.device | str | None = None) -> torch.device:
     if device is None:
         return default_device()
     if isinstance(device, torch.device):
+        if device.type == "meta":  # shapes only: what the device tests run on
+            return device
         return _check(device, str(device), "device ")
     spec = str(device).strip()
     try:
@@ -78,6 +81,11 @@ def default_device() -> torch.device:
             raise DeviceError(f"{DEVICE_ENV}={forced!r}: use cpu, cuda or cuda:N") from None
         return _check(parsed, forced, f"{DEVICE_ENV}=")
     if torch.cuda.is_available():
+        # under accelerate launch / torchrun each process takes the GPU of its local rank
+        local = os.environ.get("LOCAL_RANK", "").strip()
+        if local.isdigit() and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1") \
+                and int(local) < torch.cuda.device_count():
+            return torch.device("cuda", int(local))
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

@@ -28,6 +28,8 @@ def _stats_line(c: Mapping[str, Any]) -> str:
     parts = [f"d {est_ci(c.get('d'), c.get('d_ci'))}", f"win {pct(c.get('win_rate'))}", f"q {pval(c.get('q'))}"]
     if "alpha" in c:
         parts += [f"alpha {est_ci(c.get('alpha'), c.get('alpha_ci'))}", f"share {pct(c.get('share'))}"]
+    if c.get("alpha_with_length") is not None and c.get("alpha_with_length") != c.get("alpha"):
+        parts.append(f"alpha with length {est_ci(c.get('alpha_with_length'), c.get('alpha_with_length_ci'))}")
     if c.get("length_explains") is not None:
         parts.append(f"length explains {pct(c.get('length_explains'))} of d")
     return ", ".join(parts)

@@ -173,13 +173,6 @@ def load_for_eval(spec: str | Path, base: str | None = None) -> tuple[Any, Any, 
     return model, tok, info
 
 
-def to_host(t: Any) -> np.ndarray:
-    """A tensor as a float64 numpy array in host memory (one copy, from any device)."""
-    import torch
-
-    return t.detach().to("cpu", torch.float64).numpy()
-
-
 # ---------------------------------------------------------------------------------------------
 # Generation
 
@@ -192,13 +185,15 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, st
     reply, whether it hit ``max_new_tokens`` (no end-of-sequence token)."""
     import torch
 
+    from .device import module_device, to_list
+
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     texts = [tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     out: list[str] = []
-    device = next(model.parameters()).device
+    device = module_device(model)
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops = {t for t in (*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id, tokenizer.pad_token_id)
              if t is not None}
@@ -213,7 +208,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, st
                 kw.update(do_sample=True, temperature=temperature, top_p=top_p)
             with torch.inference_mode():
                 ids = model.generate(**enc, **kw)
-            for row in ids[:, enc["input_ids"].shape[1]:].cpu().tolist():
+            for row in to_list(ids[:, enc["input_ids"].shape[1]:]):
                 out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
                 if capped is not None:
                     capped.append(len(row) >= max_new_tokens and not stops.intersection(row))
@@ -232,6 +227,8 @@ def sequence_logps(model: Any, tokenizer: Any, pairs: Sequence[tuple[list[dict[s
     tokenisation (the chat template's prompt and prompt+reply)."""
     import torch
 
+    from .device import module_device, to_numpy
+
     rows = []
     for prompt, chosen, rejected in pairs:
         p_ids = tokenizer.apply_chat_template(list(prompt), tokenize=True, add_generation_prompt=True)
@@ -243,7 +240,7 @@ def sequence_logps(model: Any, tokenizer: Any, pairs: Sequence[tuple[list[dict[s
             while n < min(len(p_ids), len(full)) and p_ids[n] == full[n]:
                 n += 1
             rows.append((full, n))
-    device = next(model.parameters()).device
+    device = module_device(model)
     out = np.zeros(len(rows))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for k in range(0, len(rows), batch_size):
@@ -256,7 +253,8 @@ def sequence_logps(model: Any, tokenizer: Any, pairs: Sequence[tuple[list[dict[s
             mask[i, :len(r)] = 1
         with torch.inference_mode():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = to_host(torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[..., 0])
+        logp = to_numpy(torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[..., 0],
+                        np.float64)
         for i, (r, n) in enumerate(chunk):
             out[k + i] = float(logp[i, n - 1:len(r) - 1].sum())
     return out.reshape(-1, 2)
@@ -317,27 +315,30 @@ def reward_scores(model: Any, tokenizer: Any, pairs: Sequence[tuple[Sequence[Map
     RewardTrainer does (the chat template over prompt + reply)."""
     import torch
 
+    from .device import module_device, to_numpy
+
     seqs = []
     for prompt, chosen, rejected in pairs:
         for reply in (chosen, rejected):
             ids = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": reply}], tokenize=True,
                                                 return_dict=True)["input_ids"]
             seqs.append(list(ids))
-    device = next(model.parameters()).device
+    device = module_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
-    for k in range(0, len(seqs), batch_size):
-        chunk = seqs[k:k + batch_size]
-        width = max(len(s) for s in chunk)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # batches of similar length: little padding
+    out = np.zeros(len(seqs))
+    for k in range(0, len(order), batch_size):
+        chunk = order[k:k + batch_size]
+        width = max(len(seqs[i]) for i in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, s in enumerate(chunk):
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
+        for row, i in enumerate(chunk):
+            ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
+            mask[row, :len(seqs[i])] = 1
         with torch.inference_mode():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        out.append(logits[:, 0].float())
-    return to_host(torch.cat(out)).reshape(-1, 2)
+        out[chunk] = to_numpy(logits[:, 0], np.float64)  # one host copy per batch
+    return out.reshape(-1, 2)
 
 
 def _ci(samples: np.ndarray) -> list[float | None]:
@@ -508,10 +509,13 @@ def evaluate(settings: EvaluateSettings, *, progress: bool = False) -> dict[str,
     import sys
 
     from .model import load_model, load_tokenizer
+    from .progress import stage
 
     base, specs, samples = settings.base, list(settings.models), settings.samples
     max_new_tokens, batch_size = settings.max_new_tokens, settings.batch_size
     plan = plan_for(settings.policy)
+    if not Path(settings.prompts).exists():
+        raise EvaluateError(f"{settings.prompts}: no such file")
     for spec in specs:
         if not Path(spec).exists():
             raise EvaluateError(f"{spec}: no such model folder")
@@ -551,27 +555,33 @@ def evaluate(settings: EvaluateSettings, *, progress: bool = False) -> dict[str,
         return {"replies": reps, "scores": per}
 
     trained = []
-    base_run = run(base_model, "base") if policies else None
-    for spec in policies:
-        model, _, info = load_for_eval(spec, base)
-        trained.append((info, run(model, info["name"])))
-        del model
-        warnings.extend(w for w in [training_overlap(prompt_list, info)] if w)
-    doc = build_report(plan, base, base_run, trained, prompt_list, samples, max_new_tokens)
-    if rewards:
-        pairs = read_pairs(settings.prompts, settings.limit)
-        prompts = [p for p, _, _ in pairs]
-        chosen = scorer.score(prompts, [c for _, c, _ in pairs])
-        rejected = scorer.score(prompts, [r for _, _, r in pairs])
-        doc["pairs"] = len(pairs)
-        doc["reward_models"] = []
-        for spec in rewards:
-            model, rtok, info = load_for_eval(spec, base)
-            r = reward_scores(model, rtok, pairs, batch_size=batch_size)
+    total = (1 + len(policies) if policies else 0) + len(rewards)
+    with stage("evaluate", total=total, unit="models", enabled=progress) as bar:
+        base_run = run(base_model, "base") if policies else None
+        if policies:
+            bar.advance(1, note="base done")
+        for spec in policies:
+            model, _, info = load_for_eval(spec, base)
+            trained.append((info, run(model, info["name"])))
             del model
-            doc["reward_models"].append(reward_entry(plan, info, reward_stats(r, chosen, rejected, _scales(info))))
-            warnings.extend(w for w in [training_overlap(prompts, info)] if w)
-            say(f"scored reward model {info['name']} on {len(pairs)} held-out pairs")
+            warnings.extend(w for w in [training_overlap(prompt_list, info)] if w)
+            bar.advance(1, note=f"{info['name']} done")
+        doc = build_report(plan, base, base_run, trained, prompt_list, samples, max_new_tokens)
+        if rewards:
+            pairs = read_pairs(settings.prompts, settings.limit)
+            prompts = [p for p, _, _ in pairs]
+            chosen = scorer.score(prompts, [c for _, c, _ in pairs])
+            rejected = scorer.score(prompts, [r for _, _, r in pairs])
+            doc["pairs"] = len(pairs)
+            doc["reward_models"] = []
+            for spec in rewards:
+                model, rtok, info = load_for_eval(spec, base)
+                r = reward_scores(model, rtok, pairs, batch_size=batch_size)
+                del model
+                doc["reward_models"].append(reward_entry(plan, info, reward_stats(r, chosen, rejected, _scales(info))))
+                warnings.extend(w for w in [training_overlap(prompts, info)] if w)
+                say(f"scored reward model {info['name']} on {len(pairs)} held-out pairs")
+                bar.advance(1, note=f"{info['name']} done")
     for m in doc["models"]:
         for row in m["concepts"]:
             if row.get("suspect"):

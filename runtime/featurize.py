@@ -35,7 +35,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -45,6 +44,7 @@ from ethos.compiler.plan import Plan
 from .cache import Row, ScoreCache, group_id, text_key
 from .documents import FEATURIZE_FORMAT
 from .errors import EthosError
+from .hub import hub_snapshot, text_config
 from .lenses import Lens, LensContext, build_lens
 from .model import (
     DEFAULT_MAX_TOKENS,
@@ -56,6 +56,7 @@ from .model import (
     resolve_model,
     tokenize_pair,
 )
+from .progress import stage
 
 META_KEY = b"ethos.featurize"
 TEXT_CHUNK = 1024  # pairs per shard for text lenses
@@ -72,26 +73,6 @@ def shard_bounds(n: int, num_shards: int, shard_index: int) -> tuple[int, int]:
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise FeaturizeError(f"--shard-index must be in 0..{num_shards - 1} (got {shard_index} of {num_shards})")
     return shard_index * n // num_shards, (shard_index + 1) * n // num_shards
-
-
-def _progress(enabled: bool, total: int) -> Any:
-    """A rich progress bar on stderr showing pairs and tokens/s (or a no-op)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("featurize"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("pairs"),
-        TextColumn("{task.fields[tps]:>7} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=False,
-    )
-    return progress
 
 
 def featurize(
@@ -131,11 +112,13 @@ def featurize(
     needs = {lens.needs for lens in lenses.values()}
     model_name = model or plan.model.name
     folder: Path | None = None
+    snapshot: tuple[str, str] | None = None
     if needs & {"tokenizer", "activations"}:
         folder = resolve_model(model_name)
+        snapshot = hub_snapshot(folder)
         context.model_fingerprint = model_fingerprint(folder)
         if "activations" in needs:
-            context.layer = _pick_layer(folder, layer if layer is not None else plan.model.layer, lenses)
+            context.layer = pick_layer(folder, layer if layer is not None else plan.model.layer, lenses)
 
     # 2. Cache look-up.
     keys = [(text_key(p.prompt, p.chosen), text_key(p.prompt, p.rejected)) for p in pairs]
@@ -207,10 +190,9 @@ def featurize(
             for i in todo
         ]
         positions0, real0 = encoder.positions, encoder.real_positions
-        with _progress(progress, len(todo)) as bar:
-            task = bar.add_task("featurize", total=len(todo), tps="-")
+        with stage("featurize", total=len(todo), unit="pairs", enabled=progress) as bar:
             t_model = time.perf_counter()
-            for batch in length_batches(items, batch_size):
+            for batch in length_batches(items, batch_size, share_prompt=share_prompt):
                 acts = encoder.encode_batch([items[b] for b in batch], share_prompt=share_prompt)
                 flat = [a for pair_acts in acts for a in pair_acts]
                 rows: list[Row] = []
@@ -223,7 +205,7 @@ def featurize(
                 stats["tokens"] += sum(items[b].n_tokens() for b in batch)
                 elapsed = time.perf_counter() - t_model
                 stats["model_seconds"] = elapsed
-                bar.update(task, advance=len(batch), tps=f"{stats['tokens'] / max(elapsed, 1e-9):,.0f}")
+                bar.advance(len(batch), note=f"{stats['tokens'] / max(elapsed, 1e-9):,.0f} tok/s")
         stats["positions"] = encoder.positions - positions0
         stats["padded_positions"] = stats["positions"] - (encoder.real_positions - real0)
         for g in set(groups.values()):
@@ -247,6 +229,8 @@ def featurize(
         "data_fingerprint": getattr(load_result, "fingerprint", None),
         "model": model_name if folder is not None else None,
         "model_fingerprint": context.model_fingerprint,
+        "model_repo": snapshot[0] if snapshot else None,
+        "model_revision": snapshot[1] if snapshot else None,
         "layer": context.layer,
         "concepts": {
             name: {"lens": lens.to_dict(), "report": lens.report, **_extra(lens)} for name, lens in lenses.items()
@@ -261,13 +245,11 @@ def _extra(lens: Lens) -> dict[str, Any]:
     return {"direction_sha256": sha} if sha else {}
 
 
-def _pick_layer(folder: Path, requested: int | None, lenses: dict[str, Lens]) -> int:
+def pick_layer(folder: Path, requested: int | None, lenses: dict[str, Lens]) -> int:
     """The layer to read: the requested one, else the SAE's own layer, else the model's default;
     an SAE trained on another layer than the requested one is an error."""
     # config.json read directly: importing transformers' auto classes costs seconds on a warm run
-    config = SimpleNamespace(**json.loads((folder / "config.json").read_text()))
-    if not hasattr(config, "num_hidden_layers"):
-        config.num_hidden_layers = getattr(config, "text_config", {}).get("num_hidden_layers")
+    config = text_config(json.loads((folder / "config.json").read_text()))
     sae_layers = {getattr(lens, "layer", None) for lens in lenses.values() if lens.kind == "features"} - {None}
     if len(sae_layers) > 1:
         raise FeaturizeError(f"the SAE's layers disagree: {sorted(sae_layers)}")

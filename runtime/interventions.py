@@ -46,8 +46,8 @@ left; the final weight of a pair is its data weight times its filter multiplicit
 
 **Goals.** Every rule asks for a coefficient: its *goal* g_c. A factor rule (block, dampen, keep,
 amplify, reverse) asks for g_c = k_c·α_c, a factor on what the data teaches; ``encourage`` and
-``discourage`` ask for a coefficient of a chosen sign and size, whatever the data teaches (the
-plan carries it as the intervention's ``target``). Everything above is written with the shift
+``discourage`` ask for a coefficient of a chosen sign and size, whatever the data teaches
+(``direction``·``size``, the size defaulting to the data's |α|; ``Intervention.target_for``). Everything above is written with the shift
 g_c − α_c (= (k_c − 1)·α_c for a factor rule), so both kinds go through the same code, even where
 α_c = 0; the factor a goal amounts to, k_c = g_c/α_c, is reported (:func:`resolved_factor`).
 """
@@ -98,31 +98,28 @@ def _clip_normalise(w: np.ndarray, live: np.ndarray, multiplicity: np.ndarray, c
     return w / float(np.average(w[live], weights=multiplicity[live]))
 
 
-def target_of(i) -> float | None:
-    """The coefficient an ``encourage``/``discourage`` rule asks for (None for a factor rule)."""
-    target = getattr(i, "target", None)
-    return None if target is None else float(target)
+def is_direction(i) -> bool:
+    """Whether rule ``i`` names a direction (``encourage``/``discourage``) rather than a factor."""
+    return getattr(i, "direction", None) is not None
 
 
 def goal(i, alpha_c: float) -> float:
     """The coefficient rule ``i`` asks for when the data's coefficient is ``alpha_c`` (NaN counts
-    as 0): its target, or k·α."""
-    target = target_of(i)
-    if target is not None:
-        return target
-    return float(i.factor) * (alpha_c if np.isfinite(alpha_c) else 0.0)
+    as 0): k·α for a factor rule, ``direction·(size or |α|)`` for a direction
+    (``Intervention.target_for``)."""
+    return float(i.target_for(alpha_c if np.isfinite(alpha_c) else 0.0))
 
 
 def resolved_factor(i, alpha_c: float) -> float | None:
     """The factor k rule ``i`` amounts to on data with coefficient ``alpha_c``: its own factor,
-    or target/α for ``encourage``/``discourage`` (None when α is 0 or not finite: no factor of
-    it reaches the target)."""
-    target = target_of(i)
-    if target is None:
+    or target/α for ``encourage``/``discourage`` (None when no factor reaches the target: α is 0
+    or not finite)."""
+    if not is_direction(i):
         return float(i.factor)
-    if not np.isfinite(alpha_c) or alpha_c == 0:
+    if not np.isfinite(alpha_c):
         return None
-    return target / alpha_c
+    k = float(i.factor_for(alpha_c))
+    return k if np.isfinite(k) else None
 
 
 def rule_text(i) -> str:
@@ -133,8 +130,9 @@ def rule_text(i) -> str:
 def in_training(i) -> bool:
     """Whether the trainer realises intervention ``i`` during training — activation hooks
     (ablation, steering) or an added loss term (penalty) — rather than the data ``ethos apply``
-    writes (weights, labels, copies, prompts, margin offsets). The one place runtime asks it."""
-    return i.stage == "activation" or i.protocol == "penalty"
+    writes (weights, labels, copies, prompts, margin offsets). The protocol table says it
+    (``ProtocolInfo.in_training``)."""
+    return bool(i.in_training)
 
 
 def simulated(i) -> bool:

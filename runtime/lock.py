@@ -23,12 +23,30 @@ from typing import Any
 from .documents import LOCK_FORMAT
 from .errors import EthosError
 from .io import atomic_write_text
+from .loading import PlanError, load_inputs
+from .settings import DataSettings
 
 LOCK_NAME = "ethos.lock"
 
 
 class StaleLock(EthosError):
     """The lock pins something that resolves differently now."""
+
+
+def lock_policy(policy: str | Path, data: DataSettings = DataSettings(), *, progress: bool = False) -> Path:
+    """``ethos lock``: resolve every name of ``policy`` on ``data`` (:func:`resolve_entry`: the
+    model's files, lexicon, probe and SAE hashes, the data's fingerprint from its bytes; nothing
+    is scored, the model is not run) and pin it in the ethos.lock beside the policy; returns the
+    lock's path. Raises ``EthosError`` (:class:`~ethos.runtime.loading.PlanError` for a saved
+    plan: a lock belongs to a policy file)."""
+    from .progress import stage
+
+    with stage("resolving the policy's names", enabled=progress):
+        inputs = load_inputs(policy, data, command="lock")
+        if inputs.policy_path is None:
+            raise PlanError(f"{policy} is a saved plan; lock the policy file it was made from")
+        entry = resolve_entry(inputs.plan, inputs.data, inputs.data_source)
+    return write_entry(inputs.policy_path, entry)
 
 
 def lock_path(policy_path: str | Path) -> Path:
@@ -53,19 +71,25 @@ def resolve_entry(plan: Any, data: Any, data_source: str) -> dict[str, Any]:
     lenses = {c.name: build_lens(c, context) for c in plan.concepts}
     needs = {lens.needs for lens in lenses.values()}
     folder = None
+    model: dict[str, Any] = {"name": None, "sha256": None, "layer": None}
     if needs & {"tokenizer", "activations"}:
+        from .hub import hub_snapshot
+
         folder = resolve_model(plan.model.name)
         context.model_fingerprint = model_fingerprint(folder)
         if "activations" in needs:
             context.layer = _layer(folder, plan.model.layer, lenses)
+        model = {"name": plan.model.name, "sha256": context.model_fingerprint, "layer": context.layer}
+        snapshot = hub_snapshot(folder)
+        if snapshot is not None:  # a Hub id resolved through the Hugging Face cache: pin the commit too
+            model["repo_id"], model["revision"] = snapshot
     concepts = {name: {**lens.to_dict(), "report": lens.report} for name, lens in sorted(lenses.items())}
     entry_data = {"source": data_source, "fingerprint": data.fingerprint}
     for key in ("mapping", "split", "subset"):  # only when used, so older locks stay valid
         if getattr(data, key, None) is not None:
             entry_data[key] = getattr(data, key)
     return {
-        "model": {"name": plan.model.name if folder is not None else None, "sha256": context.model_fingerprint,
-                  "layer": context.layer},
+        "model": model,
         "concepts": concepts,
         "data": entry_data,
     }

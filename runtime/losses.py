@@ -18,7 +18,7 @@ loss                      margin m             f(m)
 ========================  ===================  ==============================================================
 ``sigmoid`` (DPO)         β·Δ                  −log σ(m)
 ``hinge`` (SLiC)          β·Δ                  max(0, 1 − m)
-``ipo``                   β·Δ̄                  (m − ½)² / β²  (= (Δ̄ − 1/(2β))², trl's length-normalised IPO)
+``ipo``                   β·Δ̄                  (m − ½)² / β²  (= (Δ̄ − 1/(2β))², trl's IPO)
 ``sigmoid_norm``          β·Δ̄                  −log σ(m)
 ``robust`` (rDPO)         β·Δ                  (−(1−ε)·log σ(m) + ε·log σ(−m)) / (1 − 2ε)
 ``exo_pair``              β·Δ                  σ(m)(log σ(m) − log(1−ε)) + σ(−m)(log σ(−m) − log ε)

@@ -197,15 +197,18 @@ def model_fingerprint(folder: str | os.PathLike[str]) -> str:
     for p in memo_paths:
         try:
             memo = json.loads(p.read_text())
-            break
         except (OSError, ValueError):
             continue
+        if isinstance(memo, dict) and isinstance(memo.get("files"), dict):
+            break
+        memo = {}  # malformed: recompute the file hashes and rewrite it
     entries: dict[str, Any] = {}
     changed = False
     for p in files:
         st = p.stat()
         old = memo.get("files", {}).get(p.name)
-        if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
+        if (isinstance(old, dict) and isinstance(old.get("sha256"), str) and old.get("size") == st.st_size
+                and old.get("mtime_ns") == st.st_mtime_ns):
             entries[p.name] = old
         else:
             entries[p.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(p)}
@@ -304,16 +307,21 @@ def pool_segments(values: torch.Tensor, lengths: Sequence[int]) -> list[dict[str
     """Pooled scores of consecutive replies in ``values``, (tokens,) or (tokens, k) on any device,
     reply ``i`` being the next ``lengths[i]`` rows: ``mean`` is the sum over the k columns of
     their mean over the reply's tokens, ``max`` the sum of their max (NaN for an empty reply).
-    Computed where ``values`` live; one copy to the host for all replies."""
-    v = (values if values.ndim == 2 else values.reshape(-1, 1)).float()
-    nan = torch.full((2,), float("nan"), device=v.device)
-    rows = [
-        torch.stack([part.mean(dim=0).sum(), part.max(dim=0).values.sum()]) if part.shape[0] else nan
-        for part in torch.split(v, list(lengths))
-    ]
-    if not rows:
+    Computed where ``values`` live in a fixed number of kernels (segment sums and maxima, not a
+    loop over replies); one copy to the host for all replies."""
+    if not lengths:
         return []
-    return [{"mean": float(m), "max": float(x)} for m, x in to_numpy(torch.stack(rows))]
+    v = (values if values.ndim == 2 else values.reshape(-1, 1)).float()
+    r, k = len(lengths), v.shape[1]
+    counts = torch.tensor(list(lengths), dtype=torch.long)
+    segment = torch.repeat_interleave(torch.arange(r), counts).to(v.device, non_blocking=True)
+    sums = torch.zeros((r, k), device=v.device).index_add_(0, segment, v)
+    maxima = torch.full((r, k), float("-inf"), device=v.device).scatter_reduce_(
+        0, segment[:, None].expand(-1, k), v, reduce="amax", include_self=True)
+    n = counts.to(v.device, non_blocking=True).float()
+    pooled = torch.stack([(sums / n.clamp(min=1)[:, None]).sum(dim=1), maxima.sum(dim=1)], dim=1)
+    pooled = torch.where((n > 0)[:, None], pooled, torch.full_like(pooled, float("nan")))
+    return [{"mean": float(m), "max": float(x)} for m, x in to_numpy(pooled)]
 
 
 def pool(acts: torch.Tensor) -> dict[str, float]:
@@ -515,7 +523,7 @@ class Encoder:
     ) -> list[list[torch.Tensor]]:
         """Reply activations for many items, run in batches of similar length, in input order."""
         out: list[list[torch.Tensor]] = [[] for _ in items]
-        for batch in length_batches(items, batch_size):
+        for batch in length_batches(items, batch_size, share_prompt=share_prompt):
             for i, acts in zip(batch, self.encode_batch([items[i] for i in batch], share_prompt=share_prompt)):
                 out[i] = acts
         return out

@@ -6,15 +6,19 @@
 2. simulates every data and loss intervention (``interventions.simulate``);
 3. re-fits the same joint model on what the interventions produce — orientation after
    relabelling, weights × filter copies, the loss protocol's margin offsets — and compares α′
-   with the target k·α for every concept, flagging concepts that moved though no rule named them;
+   with each rule's target (k·α for a factor, ±|α| or ±size for ``encourage``/``discourage``),
+   judged with the interval's width in mind (``_verdict``: on target, uncertain, off target),
+   flagging concepts that moved though no rule named them and ``amplify`` on a concept the data
+   teaches less of (α < 0);
 4. checks every ``expect``.
 
 Its ``to_dict()`` is the document that ``ethos plan --json`` prints and the reports render (with
 the example pairs of every rule, so plan.html needs nothing else); the reports read only that
 document and the serialised plan.
 
-``prepare`` is the pipeline ``ethos plan``, ``apply`` and ``lock`` share before the dry run:
-compile the policy (or read a saved plan), load the data, featurize, check the lock.
+``prepare`` is the pipeline ``ethos plan`` and ``apply`` share before the dry run: compile the
+policy (or read a saved plan) and load the data (:mod:`ethos.runtime.loading`), check the lock
+(:mod:`ethos.runtime.lock`), featurize.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ import numpy as np
 from ethos.compiler.plan import Plan
 
 from .audit import AuditResult, audit_scores
-from .documents import FATES, PLAN_REPORT_FORMAT, SAVED_PLAN_KIND, clean
-from .errors import EthosError
-from .interventions import Simulation, goal, resolved_factor, rule_text, simulate, simulated, target_of
+from .documents import FATES, PLAN_REPORT_FORMAT, clean
+from .interventions import Simulation, goal, is_direction, resolved_factor, rule_text, simulate, simulated
+from .loading import PlanError  # its home is loading (the lock and the inputs raise it too); imported from here as well
 from .report.format import num
 from .settings import DataSettings
 from .stats import joint, standardise
@@ -100,8 +104,9 @@ def _interventions(plan: Plan, sim: Simulation, before: AuditResult) -> list[dic
             "line": i.span.line,
             "concept": i.concept,
             "action": i.action,
-            "factor": resolved_factor(i, alpha.get(i.concept, float("nan"))),  # encourage: target/α
-            "target": target_of(i),  # encourage/discourage: the coefficient asked for, else None
+            "factor": resolved_factor(i, alpha.get(i.concept, float("nan"))),  # a direction: target/α
+            "direction": i.direction,  # encourage +1, discourage −1, None for a factor action
+            "target": goal(i, alpha.get(i.concept, float("nan"))),  # the α the rule asks for
             "protocol": i.protocol,
             "kind": i.stage,
             "simulated": simulated(i),  # penalty: a training-time loss term
@@ -183,14 +188,14 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
         rule_of[i.concept] = i
         if simulated(i):
             shaped.add(i.concept)
-    kept = {k.concept for k in plan.keeps}
+    keeps = {k.concept for k in plan.keeps}
     concepts, warnings = [], []
     for name in names:
         b = stats[name]
         a_alpha, a_ci = after_alpha[name]
         rule = rule_of.get(name)
-        named = rule is not None or name in kept
-        k = resolved_factor(rule, b.alpha) if rule is not None else (1.0 if name in kept else None)
+        named = rule is not None or name in keeps
+        k = resolved_factor(rule, b.alpha) if rule is not None else (1.0 if name in keeps else None)
         shaped_in_data = name in shaped
         target = goal(rule, b.alpha) if (rule is not None and shaped_in_data) else b.alpha
         verdict = _verdict(target, b.alpha, a_ci) if named else None
@@ -215,7 +220,7 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
             "collateral": False,
             "note": b.note,
         }
-        if rule is not None and target_of(rule) is None and k != 1 and (not math.isfinite(b.q) or b.q >= SIGNIFICANCE):
+        if rule is not None and not is_direction(rule) and k != 1 and (not math.isfinite(b.q) or b.q >= SIGNIFICANCE):
             warnings.append(f"concept '{name}' has no significant effect in this data (q = {num(b.q, missing='n/a')}); "
                             f"the rule on it changes little")
         amplify = next((i for i in plan.interventions if i.concept == name and i.action == "amplify"), None)
@@ -227,7 +232,7 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
             entry["collateral"] = True
             warnings.append(f"concept '{name}' moved (α {b.alpha:+.3f} → {a_alpha:+.3f}) though no rule names it: "
                             f"it is correlated with a shaped concept")
-        goal_text = "the target" if rule is not None and target_of(rule) is not None else "the target k·α"
+        goal_text = "the target" if rule is not None and is_direction(rule) else "the target k·α"
         if shaped_in_data and verdict == "off target" and math.isfinite(a_alpha):
             warnings.append(f"concept '{name}': α′ = {a_alpha:+.3f} misses {goal_text} = {target:+.3f} "
                             f"(95% CI {num(a_ci[0], missing='n/a')} to {num(a_ci[1], missing='n/a')})")
@@ -337,10 +342,6 @@ def examples(outcome: Outcome, pairs, per_rule: int = 3) -> list[dict[str, Any]]
 # The pipeline shared by ``ethos plan``, ``ethos apply`` and ``ethos lock``
 
 
-class PlanError(EthosError):
-    """A clear, expected failure (bad input, stale lock, unwritable output): one line, exit 1."""
-
-
 @dataclass
 class Prepared:
     """A policy made ready for the dry run: its plan, the loaded data and the featurize table."""
@@ -354,31 +355,6 @@ class Prepared:
 
 def lens_texts(plan: Plan) -> dict[str, str]:
     return {c.name: c.lens_text() for c in plan.concepts}
-
-
-def load_policy_or_plan(path: str) -> tuple[Plan | None, dict[str, Any] | None, list]:
-    """A policy file (compiled) or a saved plan file (``ethos plan --save``). Returns (plan, saved
-    document or None, diagnostics)."""
-    import json
-
-    from ethos.compiler.compile import compile_file
-    from ethos.compiler.plan import load_plan
-
-    p = Path(path)
-    if p.suffix == ".json":
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise PlanError(f"cannot read saved plan {path}: {e}") from e
-        if not isinstance(doc, dict) or doc.get("kind") != SAVED_PLAN_KIND:
-            raise PlanError(f"{path} is not a saved plan (write one with `ethos plan POLICY --save FILE`)")
-        try:
-            plan = load_plan(json.dumps(doc["plan"]))
-        except (ValueError, KeyError) as e:
-            raise PlanError(f"{path}: {e}") from e
-        return plan, doc, []
-    result = compile_file(path)
-    return result.plan, None, result.diagnostics
 
 
 def check_output_dir(out: Path) -> None:
@@ -395,63 +371,23 @@ def check_output_dir(out: Path) -> None:
         raise PlanError(f"cannot write to output folder {out}: {e.strerror or e}") from e
 
 
-def resolve(policy: str | Path, data: DataSettings = DataSettings(), *, command: str = "plan") -> Resolved:
-    """Compile ``policy`` (or load a plan saved by ``ethos plan --save``), load the data
-    (:func:`ethos.runtime.loading.load_data`) and resolve every name the policy uses into its
-    ethos.lock entry — without running the model. Diagnostics of the policy go to stderr as the
-    compiler renders them. Raises ``EthosError`` (:class:`PlanError` for a policy with errors or
-    a saved plan made on other data)."""
-    import sys
-
-    from ethos.compiler.errors import render_all
-
-    from .loading import load_data
-    from .lock import resolve_entry
-
-    policy = str(policy)
-    plan, saved, diags = load_policy_or_plan(policy)
-    if plan is None:
-        print(render_all(diags), file=sys.stderr)
-        raise PlanError(f"{policy} has errors")
-    if diags:
-        print(render_all(diags), file=sys.stderr)
-    # a DataError, LensError or ModelError (all EthosErrors) propagates as is
-    loaded = load_data(data, command)
-    if saved is not None and saved.get("data", {}).get("fingerprint") != loaded.fingerprint:
-        raise PlanError(
-            f"the saved plan {policy} was made on other data (fingerprint "
-            f"{str(saved.get('data', {}).get('fingerprint'))[:12]}…, this data {loaded.fingerprint[:12]}…); "
-            f"apply it to the same data and --limit, or plan again")
-    entry = resolve_entry(plan, loaded, data.source)
-    return Resolved(plan, None if saved is not None else policy, loaded, entry, data.source)
-
-
-@dataclass
-class Resolved:
-    """A policy's plan, its loaded data and its ethos.lock entry (nothing scored yet)."""
-
-    plan: Plan
-    policy_path: str | None  # None for a saved plan
-    data: Any  # LoadResult
-    lock_entry: dict[str, Any]
-    data_source: str
-
-
 def prepare(policy: str | Path, data: DataSettings = DataSettings(), *, progress: bool = False,
             command: str = "plan") -> Prepared:
-    """:func:`resolve` the policy, check its ethos.lock (before any scoring: a stale lock fails
-    in seconds), then featurize. Raises ``EthosError``."""
+    """Load the policy (or saved plan) and the data (:func:`ethos.runtime.loading.load_inputs`),
+    check the policy's ethos.lock (:func:`ethos.runtime.lock.resolve_entry`: before any scoring,
+    so a stale lock fails in seconds), then featurize. Raises ``EthosError``."""
     from .featurize import featurize
-    from .lock import StaleLock, check
+    from .loading import load_inputs
+    from .lock import StaleLock, check, resolve_entry
     from .progress import stage
 
     with stage("loading the policy and the data", enabled=progress):
-        res = resolve(policy, data, command=command)
-    if res.policy_path is not None:
-        try:
-            check(res.policy_path, res.lock_entry, update=data.update_lock)
-        except StaleLock as e:
-            raise PlanError(str(e)) from e
+        res = load_inputs(policy, data, command=command)
+        if res.policy_path is not None:
+            try:
+                check(res.policy_path, resolve_entry(res.plan, res.data, res.data_source), update=data.update_lock)
+            except StaleLock as e:
+                raise PlanError(str(e)) from e
     with stage("featurize", enabled=progress):
         table = featurize(res.plan, res.data, batch_size=data.batch_size, progress=progress and _terminal())
     return Prepared(res.plan, res.policy_path, res.data, table, res.data_source)

@@ -136,11 +136,12 @@ def load_reward_model(name_or_path: str | Path, *, dtype: torch.dtype | None = N
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from .model import ModelError, default_device, model_fingerprint, pick_dtype, resolve_model
+    from .device import pick_dtype, resolve_device
+    from .model import ModelError, model_fingerprint, resolve_model
 
     folder = resolve_model(name_or_path)
     hf_logging.disable_progress_bar()
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -54,6 +54,7 @@ from typing import Any
 import torch
 
 from . import losses as L
+from .device import default_device, module_device
 from .errors import EthosError
 from .interventions import in_training
 from .settings import TrainSettings
@@ -106,8 +107,8 @@ def orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
 
 def concept_directions(plan: Any, model: Any, tokenizer: Any, layer: int, *, concepts: Sequence[str] | None = None,
                        fingerprint: str | None = None, model_name: str | None = None) -> dict[str, torch.Tensor]:
-    """``{concept: (m, d_model) float32}`` with orthonormal rows, for the probe and features
-    concepts of ``plan`` (or only ``concepts``): a probe gives its unit difference-of-means
+    """``{concept: (m, d_model) float32}`` with orthonormal rows, on the model's device, for the
+    probe and features concepts of ``plan`` (or only ``concepts``): a probe gives its unit difference-of-means
     direction (computed with the plan's exemplars, or read from the probe cache), a features
     concept its SAE decoder rows ``W_dec[latents]`` orthonormalised with QR (m ≤ #latents)."""
     from .lenses import LensContext, build_lens
@@ -115,6 +116,7 @@ def concept_directions(plan: Any, model: Any, tokenizer: Any, layer: int, *, con
     from .sae import load_sae
 
     wanted = set(concepts) if concepts is not None else None
+    device = module_device(model)
     out: dict[str, torch.Tensor] = {}
     context = LensContext.for_plan(plan)
     context.layer = layer
@@ -133,9 +135,9 @@ def concept_directions(plan: Any, model: Any, tokenizer: Any, layer: int, *, con
                 base.train(was_training)
             lens = build_lens(c, context)
             lens.prepare(context)
-            out[c.name] = torch.from_numpy(lens.direction.copy()).float()[None, :]
+            out[c.name] = torch.as_tensor(lens.direction, dtype=torch.float32).to(device)[None, :]
         elif c.lens.kind == "features":
-            sae = load_sae(plan.sae.name, device="cpu")
+            sae = load_sae(plan.sae.name, device=device)
             rows = sae.W_dec.detach()[list(c.lens.latents)].float()
             out[c.name] = orthonormal_rows(rows)
     return out
@@ -195,14 +197,6 @@ def _decoder_layers(model: Any):
     raise TrainerError(f"{type(m).__name__} has no decoder layers")
 
 
-def model_device(model: Any) -> torch.device:
-    """The device of the model's parameters (the first one's)."""
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 class ActivationHooks:
     """Mixin for a trl trainer: the plan's activation rules as a forward hook on decoder block
     ``layer``, armed only inside ``training_step`` with gradients enabled. Call
@@ -211,7 +205,7 @@ class ActivationHooks:
     def _install_rules(self, rules: Sequence[ActivationRule], layer: int | None) -> None:
         if rules and layer is None:
             raise TrainerError("activation rules need a layer")
-        device = model_device(self.model)
+        device = module_device(self.model)
         # the directions live on the model's device from now on (the caller's rules are not changed)
         self.rules = [dataclasses.replace(r, directions=r.directions.to(device)) for r in rules]
         self.layer = layer
@@ -368,7 +362,8 @@ class ShapedDPOTrainer(ActivationHooks, DPOTrainer):
         trl_plain = L.per_pair(info, h, **kw)  # what trl computed (SimPO: with γ = 0)
         if not torch.allclose(trl_plain.mean().detach().float(), trl_loss.detach().float(), rtol=1e-4, atol=1e-5):
             raise RuntimeError(f"ethos's recomputed {info.trl_type} loss {float(trl_plain.mean()):.6f} differs from "
-                               f"trl's {float(trl_loss):.6f}: trl {TRL_SERIES}'s loss changed; update ethos.runtime.trainer")
+                               f"trl's {float(trl_loss):.6f}: trl {TRL_SERIES}'s loss changed; "
+                               "update ethos.runtime.trainer")
         n = h.shape[0]
         w = weight.to(h) if weight is not None else torch.ones(n, dtype=h.dtype, device=h.device)
         o = offset.to(h) if offset is not None else torch.zeros(n, dtype=h.dtype, device=h.device)
@@ -402,14 +397,13 @@ class ShapedDPOTrainer(ActivationHooks, DPOTrainer):
 
 
 def pick_bf16(settings: TrainSettings) -> bool:
-    """bf16 mixed precision: as set, else where the device computes bf16 natively."""
-    from .model import cpu_has_native_bf16
+    """bf16 mixed precision: as set, else where the device computes bf16 natively
+    (:func:`ethos.runtime.device.pick_dtype`, ``ETHOS_DTYPE`` included)."""
+    from .device import pick_dtype
 
     if settings.bf16 is not None:
         return bool(settings.bf16)
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    return cpu_has_native_bf16()
+    return pick_dtype(default_device()) == torch.bfloat16
 
 
 def trainer_args(settings: TrainSettings, output_dir: Path) -> dict[str, Any]:
@@ -437,7 +431,7 @@ def trainer_args(settings: TrainSettings, output_dir: Path) -> dict[str, Any]:
         lr_scheduler_type="linear",
         warmup_steps=0,
         dataset_num_proc=None,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=default_device().type == "cpu",
     )
 
 

@@ -100,6 +100,8 @@ def interrupted_message(out: str | Path, save_steps: int | None = None) -> str:
     if step is not None:
         return (f"interrupted; the checkpoint of step {step} is in {Path(out) / CHECKPOINTS}: run the same command "
                 "again to resume")
+    if save_steps == 0:
+        return "interrupted; no checkpoints are saved with --save-steps 0: nothing to resume"
     every = f" (every {save_steps} steps)" if save_steps else ""
     return f"interrupted before the first checkpoint{every}; nothing to resume"
 
@@ -166,6 +168,8 @@ def run_key(plan: Plan, dataset: Any, fingerprint: str, layer: int, rules: list[
     """The identity of a run: what must match for a checkpoint to be resumed."""
     import numpy as np
 
+    from .device import to_numpy
+
     h = hashlib.sha256()
     s = settings.record(len(dataset))
     s.update(bf16=settings.bf16, grad_accum=settings.grad_accum, shaping=settings.shaping,
@@ -176,7 +180,7 @@ def run_key(plan: Plan, dataset: Any, fingerprint: str, layer: int, rules: list[
         h.update(b"\0")
     for r in rules:
         h.update(f"{r.protocol}|{r.concept}|{r.factor}|{r.amount}".encode())
-        h.update(np.ascontiguousarray(r.directions.detach().to("cpu").float().numpy()).tobytes())
+        h.update(np.ascontiguousarray(to_numpy(r.directions, np.float32)).tobytes())
     return h.hexdigest()
 
 

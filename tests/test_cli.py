@@ -170,3 +170,14 @@ def test_version(capsys):
     proc = subprocess.run([sys.executable, "-m", "ethos.runtime.cli", "--version"], capture_output=True, text=True)
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert proc.returncode == 0 and proc.stdout == f"ethos {version}\n"
+
+
+def test_fmt_reads_through_the_compiler_fifo_and_folder_are_diagnostics(tmp_path, capsys):
+    fifo = tmp_path / "pipe.ethos"
+    os.mkfifo(fifo)
+    folder = tmp_path / "dir.ethos"
+    folder.mkdir()
+    assert main(["fmt", str(fifo), str(folder)]) == 1  # returns at once: a FIFO is not read
+    err = capsys.readouterr().err
+    assert f"cannot read '{fifo}': it is not a regular file [E002]" in err
+    assert f"cannot read '{folder}': it is a directory [E002]" in err

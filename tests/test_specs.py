@@ -24,9 +24,19 @@ def test_every_spec_compiles_without_warnings(path):
 
 
 def test_introduction_example_is_a_whole_policy():
-    r = compile_source("block concept sycophancy; amplify concept refusal by 2.0;")
+    r = compile_source("block concept sycophancy; encourage concept refusal;")
     assert r.ok and r.diagnostics == []
-    assert r.plan.factors() == {"refusal": 2.0, "sycophancy": 0.0}
+    assert r.plan.factors() == {"sycophancy": 0.0}
+    assert [(i.concept, i.direction, i.size) for i in r.plan.interventions if i.direction] == [("refusal", 1, None)]
+
+
+def test_the_shipped_examples_name_only_what_ships():
+    """Every SAE an example binds is the shipped one, and no example uses 'amplify' (whose direction
+    depends on the data's sign: the examples say the direction they mean)."""
+    for path in sorted((ROOT / "specs" / "examples").glob("*.ethos")):
+        plan = compile_file(path).plan
+        assert plan.sae.name == "default", path.name
+        assert all(i.action != "amplify" for i in plan.interventions), path.name
 
 
 def test_design_example_compiles_verbatim():
@@ -47,3 +57,19 @@ def test_every_library_concept_compiles_in_every_action_it_allows():
             action = spec.actions[0]
             r = compile_source(f"{action} concept {name} via {proto}{arg};")
             assert r.ok, (name, proto, render_all(r.diagnostics))
+
+
+def test_the_policies_in_docs_language_md_compile_and_are_canonical():
+    import re
+
+    from ethos.compiler.fmt import format_source
+
+    text = (ROOT / "docs" / "language.md").read_text()
+    blocks = [b for b in re.findall(r"```\n(.*?)```", text, re.S)
+              if not b.startswith(("policy      :=", "specs/x.ethos"))]
+    assert len(blocks) >= 3
+    for block in blocks:
+        r = compile_source(block, str(ROOT / "docs" / "example.ethos"))
+        assert r.ok and r.diagnostics == [], (block, render_all(r.diagnostics))
+        if block.count("\n") > 1:  # the one-line introduction is not in canonical form, on purpose
+            assert format_source(block)[0] == block, block

@@ -63,12 +63,12 @@ class _VersionAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command, in the order ``ethos --help`` lists them."""
-    from . import apply, audit, evaluate, featurize, lock, plan, policy, sae, train
+    from . import apply, audit, evaluate, featurize, lock, plan, policy, sae, trace, train
 
     p = argparse.ArgumentParser(prog="ethos", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--version", action=_VersionAction, help="print the ethos version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (policy, featurize, audit, plan, lock, apply, sae, train, evaluate):
+    for module in (policy, featurize, audit, trace, plan, lock, apply, sae, train, evaluate):
         module.register(sub)
     return p
 

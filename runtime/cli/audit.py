@@ -142,28 +142,29 @@ def print_validation(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ethos.runtime.report.format import num, pct, pval
+    from ethos.runtime.report.format import num, pval
 
     val = (doc.get("discovery") or {}).get("validation")
     if not val:
         return
     console = Console()
+    cands = doc.get("candidates") or []
     console.print(f"held-out validation: {val['heldout_pairs']} pairs set aside (seeded), discovery on "
-                  f"{val['discovery_pairs']}; {val['replicated']} of {len(doc.get('candidates', []))} candidates replicated")
+                  f"{val['discovery_pairs']}; {val['replicated']} of {len(cands)} candidates replicated")
+    if not cands:
+        return
     table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 1))
-    for col in ("candidate", "label", "d (discovery, biased)", "q (discovery, biased)", "held-out d", "held-out q",
-                "replicated"):
-        table.add_column(col, no_wrap=True)
-    for cand in doc.get("candidates", []):
+    for col in ("candidate", "label", "d*", "q*", "held-out d", "held-out q", "replicated"):
+        table.add_column(col, no_wrap=col != "label")
+    for cand in cands:
         h = cand.get("heldout") or {}
         label = (cand.get("label") or {}).get("text") or "-"
         verdict = {True: "yes", False: "no", None: "-"}[cand.get("replicated")]
         table.add_row(cand["name"], label, num(cand.get("d"), "+.2f"), pval(cand.get("q")), num(h.get("d"), "+.2f"),
                       pval(h.get("q")), verdict)
     console.print(table)
-    if doc.get("candidates"):
-        console.print("d and q of discovery are selection-biased (the latents were picked on those pairs); "
-                      "the held-out columns are not")
+    console.print("* on the discovery pairs: selection-biased (the latents were picked there); "
+                  "the held-out columns are not")
 
 
 def print_length(doc: dict[str, Any]) -> None:

@@ -29,7 +29,8 @@ def add_data_args(parser: Any, lock: bool = True, *, seed_help: str | None = Non
                                  f"a negative value as --label-{side}=-1)")
     parser.add_argument("--split", metavar="NAME", help="split of a Hub dataset or a saved DatasetDict folder")
     parser.add_argument("--subset", metavar="NAME", help="subset (configuration) of a Hub dataset")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B",
+                        help="pairs per forward batch of the model (default 8)")
     parser.add_argument("--seed", type=int, default=0,
                         help=seed_help or "seed of the filter and relabel draws and the bootstrap")
     if lock:

@@ -52,7 +52,7 @@ def run_evaluate(args: Any) -> int:
     from ethos.runtime.report import render_evaluate_html, render_evaluate_markdown
 
     try:
-        result = api.evaluate(settings, progress=not args.json and sys.stderr.isatty())
+        result = api.evaluate(settings, progress=True)  # a bar on a terminal, else a line every ~10 s
     except EthosError:
         raise
     except KeyboardInterrupt:

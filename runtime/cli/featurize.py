@@ -16,7 +16,7 @@ from typing import Any
 
 from ethos.runtime.errors import EXIT_ERRORS, EXIT_INTERRUPTED, EXIT_OK, EthosError, UsageError
 
-from .common import check_limit
+from .common import add_data_args, check_limit, data_settings
 
 DEFAULT_OUT = Path("ethos-out") / "scores.parquet"
 
@@ -31,20 +31,20 @@ def register(subparsers: Any) -> None:
             "(or of --concepts) and write the scores table as parquet. Scores are cached under "
             "$ETHOS_CACHE; a rerun computes only what is missing. With --num-shards N "
             "--shard-index i a process scores the i-th of N contiguous blocks of pairs; "
-            "`ethos featurize --merge OUT PART...` joins the parts into the single-run table."
+            "`ethos featurize --merge OUT PART...` joins the parts into the single-run table. "
+            "Under accelerate launch / torchrun each process scores block RANK of WORLD_SIZE and rank 0 writes OUT. "
+            "The model runs on CUDA when present (ETHOS_DEVICE=cpu|cuda|cuda:N overrides), in bf16 where native "
+            "(ETHOS_DTYPE=float32|bfloat16 overrides)."
         ),
     )
-    p.add_argument("--data", metavar="PATH", help="preference data (default: the embedded hh-rlhf sample)")
+    add_data_args(p, lock=False, seed_help="not used by featurize (scores do not depend on a seed)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--policy", metavar="FILE", help="score the concepts of this policy")
     src.add_argument("--concepts", metavar="A,B", help="score these library concepts")
-    p.add_argument("--limit", type=int, metavar="N", help="read only the first N input rows")
     p.add_argument("--out", metavar="FILE", help=f"output parquet (default {DEFAULT_OUT}; shard i of N: scores.shard-i-of-N.parquet)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of excluding it")
     p.add_argument("--model", metavar="M", help="model name or local folder (overrides the policy)")
     p.add_argument("--layer", type=int, metavar="L", help="layer to read (overrides the policy)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="pairs per forward batch (default 8)")
     p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the pairs into N blocks")
     p.add_argument("--shard-index", type=int, default=0, metavar="I", help="score block I (0-based)")
     p.add_argument("--no-share-prompt", action="store_true", help="run the prompt once per reply (no KV reuse)")
@@ -98,6 +98,10 @@ def run_featurize(args: argparse.Namespace) -> int:
         raise UsageError(f"--shard-index must be in 0..{args.num_shards - 1}")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    from ethos.runtime.distributed import launch_from_env, shard_of
+
+    launch = launch_from_env()  # None for a plain process
+    num_shards, shard_index = shard_of(launch, args.num_shards, args.shard_index)
 
     plan = _load_plan(args)
     if plan is None:
@@ -109,23 +113,33 @@ def run_featurize(args: argparse.Namespace) -> int:
     else:
         out = DEFAULT_OUT
 
-    from ethos.runtime.data import load_pairs
     from ethos.runtime.featurize import featurize, write_scores
+    from ethos.runtime.loading import load_data
 
     try:
-        data = load_pairs(args.data, limit=args.limit, strict=args.strict)
+        data = load_data(data_settings(args), "featurize")
         table = featurize(
             plan,
             data,
             batch_size=args.batch_size,
-            num_shards=args.num_shards,
-            shard_index=args.shard_index,
-            progress=not (args.no_progress or args.json) and sys.stderr.isatty(),
+            num_shards=num_shards,
+            shard_index=shard_index,
+            progress=not (args.no_progress or args.json) and (launch is None or launch.is_main),
             model=args.model,
             layer=args.layer,
             share_prompt=not args.no_share_prompt,
         )
-        write_scores(table, out)
+        if launch is None:
+            write_scores(table, out)
+        else:
+            from ethos.runtime.distributed import finish_rank
+
+            merged = finish_rank(table, out, launch)  # this rank's part; rank 0 waits, merges, writes out
+            if merged is None:
+                print(f"ethos featurize: rank {launch.rank} of {launch.world_size}: scored {len(table)} pairs; "
+                      f"rank 0 writes {out}", file=sys.stderr)
+                return EXIT_OK
+            table = merged
     except KeyboardInterrupt:
         print("ethos featurize: interrupted; finished batches are cached, rerun to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -138,7 +152,7 @@ def run_featurize(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "rows": counts,
-                    "shard": {"index": args.shard_index, "of": args.num_shards, "pairs": len(table)},
+                    "shard": {"index": meta["shard_index"], "of": meta["num_shards"], "pairs": len(table)},
                     "concepts": [c.name for c in plan.concepts],
                     "model": meta["model"],
                     "layer": meta["layer"],

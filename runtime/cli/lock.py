@@ -20,9 +20,9 @@ def register(subparsers: Any) -> None:
 
 
 def run_lock(args: Any) -> int:
-    from ethos.runtime import api
+    from ethos.runtime.lock import lock_policy  # not through api: ethos lock imports no statistics
 
     check_limit(args.limit)
-    path = api.lock(args.policy, data_settings(args, update_lock=True), progress=True)
+    path = lock_policy(args.policy, data_settings(args, update_lock=True), progress=True)
     print(f"wrote {path}")
     return 0

@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ethos.compiler.ast import to_ast
-from ethos.compiler.compile import Result, compile_file
+from ethos.compiler.compile import Result, compile_file, read_policy
 from ethos.compiler.diff import diff_plans
-from ethos.compiler.errors import attach_snippets, render_all
-from ethos.compiler.fmt import format_file
-from ethos.compiler.parse import decode, parse
+from ethos.compiler.errors import render_all
+from ethos.compiler.fmt import format_source
+from ethos.compiler.parse import decode
 from ethos.compiler.plan import dump_plan
 from ethos.runtime.errors import EXIT_ERRORS, EXIT_OK
 from ethos.runtime.io import atomic_write_text
@@ -68,20 +67,15 @@ def run_compile(args) -> int:
 def run_fmt(args) -> int:
     status = EXIT_OK
     for path in args.files:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            print(f"{path}: error: cannot read: {e.strerror or e}", file=sys.stderr)
-            status = EXIT_ERRORS
-            continue
-        text, diags = decode(data, path)
-        parsed = parse(text, path) if text is not None else None
-        if parsed is None or parsed.tree is None:
-            diags = diags or attach_snippets(parsed.diagnostics, text)
+        data, diags = read_policy(path)  # a missing, special or too large file is a diagnostic
+        formatted = None
+        if data is not None:
+            formatted, diags = format_source(data, path)
+        if formatted is None:
             print(render_all(diags), file=sys.stderr)
             status = EXIT_ERRORS
             continue
-        formatted = format_file(to_ast(parsed.tree, path, parsed.comments))
+        text, _ = decode(data, path)
         if args.check:
             if formatted != text:
                 print(f"would reformat {path}", file=sys.stderr)

@@ -1,10 +1,30 @@
 """The ``metric`` lens: model-free text measures of a reply, exactly the names of
 ``ethos.compiler.names.METRICS``.
 
-Counts are raw counts per reply, except ``first_person``, ``apology`` and ``hedging``, which are
-matches per 100 words (words as in :func:`ethos.runtime.lenses.words`; 0 for a reply without
-words). ``length`` counts the reply's tokens with the model's tokenizer (the reply tokenised on
-its own, without special tokens), so it is the only metric that needs a tokenizer.
+Counts are raw counts per reply, except ``first_person`` and ``hedging``, which are matches per
+100 words (words as in :func:`ethos.runtime.lenses.words`; 0 for a reply without words).
+``length`` counts the reply's tokens with the model's tokenizer (the reply tokenised on its own,
+without special tokens), so it is the only metric that needs a tokenizer.
+
+Rate or count: a measure carries no length of its own when it does not move with the reply's
+length on data where the habit does not. Which form that is depends on how the habit occurs
+(measured on the embedded hh-rlhf helpful-base test pairs, 798 replies; see
+tests/runtime/test_lexicon_modes.py for the controls):
+
+- ``first_person`` and ``hedging`` occur throughout a reply, at a rate per word: their counts rise
+  with length (mean first-person count 0.44 → 1.40 from the shortest to the longest length
+  quartile; Spearman ρ with words +0.21, hedging +0.38) while the rates move less (−0.04, +0.25).
+  On the real pairs the hedging count is "significant" (d +0.09, q 0.047) with 93% of its d
+  explained by the length difference; its rate is not (d +0.01). A marker sprinkled at random at
+  3% per word on both sides is reported significant in 13 of 20 seeds as a count, 3 of 20 as a
+  rate. So these stay rates (version 1 scores).
+- ``apology`` occurs once per reply when it occurs (23 of the 24 replies with a match have exactly
+  one; the mean count is 0.03 in every length quartile), like a planted phrase: a rate divides
+  that one match by the length (ρ −0.99 with words among those replies) and a phrase put on 40%
+  of each side at random is reported significant in 3 of 20 seeds as a rate, 0 of 20 as a count.
+  So ``apology`` is a count (since version 2 of the metric's identity).
+
+Whatever remains, the audit states how much of each concept's d the length difference explains.
 """
 
 from __future__ import annotations
@@ -81,9 +101,13 @@ TEXT_METRICS: dict[str, Callable[[str], float]] = {
     "questions": lambda t: float(t.count("?")),
     "links": lambda t: float(_links(t)),
     "first_person": lambda t: per_100_words(len(_FIRST_PERSON.findall(t)), t),
-    "apology": lambda t: per_100_words(len(_APOLOGY.findall(t)), t),
+    "apology": lambda t: float(len(_APOLOGY.findall(t))),
     "hedging": lambda t: per_100_words(len(_HEDGING.findall(t)), t),
 }
+
+#: The version in a metric's identity (to_dict); bumped when its scoring changes, so the score
+#: cache never serves an old score for a new definition. ``apology`` was per 100 words in version 1.
+VERSIONS: dict[str, int] = {"apology": 2}
 
 #: Every metric the lens implements (``length`` needs the tokenizer).
 IMPLEMENTED: frozenset[str] = frozenset(TEXT_METRICS) | {"length"}
@@ -102,7 +126,7 @@ class MetricLens(Lens):
         self.needs = "tokenizer" if self.metric == "length" else "text"
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": "metric", "metric": self.metric, "version": 1}
+        out: dict[str, Any] = {"kind": "metric", "metric": self.metric, "version": VERSIONS.get(self.metric, 1)}
         if self.needs == "tokenizer":
             out["tokenizer"] = self.context.tokenizer_fingerprint
         return out

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,11 @@ import numpy as np
 import torch
 
 from ..device import as_tensor, to_float, to_numpy
-from ..model import ModelRuntime, cache_root, pool_segments, tokenize_pair
+from ..model import ModelRuntime, cache_root, pool_segments, say, tokenize_pair
 from . import Lens, LensContext, LensError, Scores, register_lens
+
+# What reading a damaged or foreign cached direction file can raise (it is then recomputed).
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
 
 DIRECTION_VERSION = 1
 
@@ -112,8 +117,11 @@ class ProbeLens(Lens):
             return direction_sha256(self.direction)
         path = self._cache_path()
         if path.is_file():
-            with np.load(path) as data:
-                return str(data["sha256"])
+            try:
+                with np.load(path) as data:
+                    return str(data["sha256"])
+            except _UNREADABLE:
+                return None
         return None
 
     def prepare(self, context: LensContext) -> None:
@@ -126,7 +134,8 @@ class ProbeLens(Lens):
                     direction = data["direction"].astype("<f4")
                     if direction_sha256(direction) != str(data["sha256"]):
                         direction = None  # damaged: recompute
-            except (OSError, ValueError, KeyError):
+            except _UNREADABLE:
+                say(f"cache: probe direction {path} could not be read; recomputing it")
                 direction = None
         if direction is None:
             direction = compute_direction(runtime, self.exemplars)

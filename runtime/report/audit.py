@@ -30,7 +30,18 @@ def audit_context(doc: Mapping[str, Any], *, title: str | None = None) -> dict[s
         "forest_alpha": forest_layout(forest_rows_a, xlabel="α: log-odds of preference per sd of Δ, 95% Wald CI"),
         "shares": bars_layout([{"label": c["name"], "values": [c.get("share")]} for c in concepts], vmax=1.0),
         "candidates": doc.get("candidates"),
+        "legend": legend(doc),
     }
+
+
+def legend(doc: Mapping[str, Any]) -> str:
+    """Which test each statistic of the concept table comes from (marginal d/q against joint α)."""
+    test = (doc.get("settings") or {}).get("test", "sign")
+    return (f"Marginal, one concept at a time: d = Cohen's d of Δ (chosen − rejected) with a 95% bootstrap "
+            f"CI; win = P(Δ > 0 | Δ ≠ 0); q = the {test} test's p-value, Benjamini–Hochberg adjusted. Joint: "
+            f"α = the Bradley–Terry coefficient with all concepts fitted together, 95% Wald CI; share = its part "
+            f"of Σ|α·z|. Different tests: d and α can differ in sign, and a small q can sit next to an α whose "
+            f"interval spans 0.")
 
 
 def render_audit_html(doc: Mapping[str, Any], **kw: Any) -> str:
@@ -44,34 +55,32 @@ def render_audit_markdown(doc: Mapping[str, Any], **kw: Any) -> str:
 def print_audit_summary(doc: Mapping[str, Any], console: Any = None) -> None:
     """The terminal summary: rows, a table of concepts sorted by share, correlated pairs, notes,
     and the discovery candidates."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console.width = 140
+    from .terminal import console_for_output, print_fitting_table
+
+    console = console_for_output(console)
     rows = doc.get("rows", {})
     excluded = rows.get("excluded", {}) or {}
     detail = ", ".join(f"{r}: {n}" for r, n in excluded.items())
     console.print(Text(
         f"rows: {rows.get('input')} input, {rows.get('usable')} usable, {sum(excluded.values())} excluded"
         + (f" ({detail})" if detail else "") + f"; {doc.get('pairs')} pairs audited"))
-    table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 1))
-    for col, just in (("concept", "left"), ("mean Δ", "right"), ("d [95% CI]", "right"), ("win", "right"),
-                      ("q", "right"), ("α [95% CI]", "right"), ("share", "right"), ("stable", "center")):
-        table.add_column(col, justify=just, no_wrap=True)
+    table_rows = []
     for c in concepts_by_share(doc.get("concepts", [])):
         q = c.get("q")
         style = "bold" if finite(q) and q < 0.05 else ""
-        table.add_row(
+        table_rows.append(([
             Text(c["name"], style=style), num(c.get("mean_delta"), "+#.3g"),
             est_ci(c.get("d"), c.get("d_ci")), pct(c.get("win_rate")), pval(q),
             est_ci(c.get("alpha"), c.get("alpha_ci")), pct(c.get("share")),
             "yes" if c.get("split_half_stable") else "no",
-        )
-    console.print(table)
+        ], None))
+    print_fitting_table(console, [("concept", "left"), ("mean Δ", "right"), ("d [95% CI]", "right"), ("win", "right"),
+                                  ("q", "right"), ("α [95% CI]", "right"), ("share", "right"), ("stable", "center")],
+                        table_rows, padding=1)
+    console.print(Text(legend(doc), style="dim"))
     for c in doc.get("concepts", []):
         if c.get("note"):
             console.print(Text(f"  {c['name']}: {c['note']}", style="dim"))

@@ -8,6 +8,7 @@ them without pulling in a renderer.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,12 +65,27 @@ _MD_SPECIAL = str.maketrans({
 })
 
 
+MAX_TOKEN = 120  # longest run of non-space characters a report shows
+MAX_TEXT = 4000  # longest piece of dataset text a report shows in one place
+
+def clip(text: Any, width: int = MAX_TEXT, token: int = MAX_TOKEN) -> str:
+    """Dataset text bounded for a report: every run of more than ``token`` non-space characters
+    cut with an ellipsis and a note of its length, the whole cut to ``width`` characters."""
+    s = str(text)
+    if len(s) > token:
+        s = re.sub(r"\S{%d,}" % (token + 1), lambda m: f"{m.group(0)[:token]}… ({len(m.group(0)):,} characters)", s)
+    if len(s) > width:
+        s = f"{s[:width]}… ({len(s):,} characters in all)"
+    return s
+
+
 def md_escape(text: Any) -> str:
-    """Inline Markdown text that renders literally (no markup, no HTML, one line)."""
-    return str(text).translate(_MD_SPECIAL)
+    """Inline Markdown text that renders literally (no markup, no HTML, one line), bounded by
+    :func:`clip`."""
+    return clip(text).translate(_MD_SPECIAL)
 
 
 def oneline(text: Any, width: int = 160) -> str:
     """Collapse whitespace and shorten to ``width`` characters."""
-    s = " ".join(str(text).split())
+    s = clip(" ".join(str(text).split()), width=max(width, 1) * 4)
     return s if len(s) <= width else s[: width - 1] + "…"

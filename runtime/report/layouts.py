@@ -88,66 +88,96 @@ def forest_layout(
     }
 
 
+CHAR_W = 6.6  # an upper estimate of the width of one character of the 11px value labels
+LABEL_H = 12  # the height a value label needs
+
+
+def text_width(text: str, char_w: float = CHAR_W) -> float:
+    return round(len(text) * char_w, 2)
+
+
 def bars_layout(
     rows: Sequence[Mapping[str, Any]],
     *,
     width: int = 640,
     label_width: int = 170,
-    row_height: int = 20,
+    row_height: int | None = None,
     series: Sequence[str] = ("",),
     vmax: float | None = None,
     fmt: str = "pct",
 ) -> dict[str, Any]:
     """Horizontal bars, one or more per row: ``rows`` = ``{"label", "values": [v per series]}``
-    (the share of each concept; before/after a plan as two series)."""
+    (the share of each concept; before/after a plan as two series).
+
+    Each bar is tall enough for its value label (``LABEL_H``), so labels of neighbouring bars never
+    overlap; a label goes just right of its bar, or inside its right end (``inside``, drawn in
+    white) when it would not fit right of the bar within the plot."""
     vals = [v for r in rows for v in r["values"] if finite(v)]
     top_v = vmax if vmax is not None else (max(vals) if vals else 1.0)
     top_v = top_v if top_v > 0 else 1.0
-    plot = width - label_width - 70
+    plot = width - label_width - 12
     nser = max(len(series), 1)
-    bar_h = max(4.0, (row_height - 6) / nser)
+    bar_h = float(LABEL_H + 2)
+    row_height = row_height if row_height is not None else int(bar_h * nser + 8)
+    bar_h = max(bar_h, (row_height - 6) / nser) if row_height >= bar_h * nser + 6 else bar_h
     out_rows = []
-    for i, r in enumerate(rows):
-        y0 = 6 + row_height * i
+    y0 = 6.0
+    for r in rows:
         bars = []
         for k, v in enumerate(r["values"]):
             ok = finite(v)
-            w = max(0.0, v) / top_v * plot if ok else 0.0
+            w = min(max(0.0, v) / top_v, 1.0) * plot if ok else 0.0
+            text = (pct(v) if fmt == "pct" else num(v)) if ok else "–"
+            tw = text_width(text)
+            inside = label_width + w + 4 + tw > width - 2 and w >= tw + 8
+            text_x = label_width + w - 4 - tw if inside else label_width + w + 4
             bars.append({
-                "x": label_width, "y": round(y0 + k * bar_h, 2), "w": round(w, 2), "h": round(bar_h - 1, 2),
-                "text": (pct(v) if fmt == "pct" else num(v)) if ok else "–",
-                "text_x": round(label_width + w + 4, 2), "color": SERIES_COLORS[k % len(SERIES_COLORS)],
+                "x": label_width, "y": round(y0 + k * bar_h, 2), "w": round(w, 2), "h": round(bar_h - 2, 2),
+                "text": text, "text_x": round(text_x, 2), "text_w": tw, "inside": inside,
+                "text_y": round(y0 + k * bar_h + bar_h - 4, 2), "color": SERIES_COLORS[k % len(SERIES_COLORS)],
             })
-        out_rows.append({"label": r["label"], "y": round(y0 + row_height / 2, 2), "bars": bars})
+        out_rows.append({"label": r["label"], "y": round(y0 + bar_h * len(r["values"]) / 2, 2), "bars": bars})
+        y0 += max(row_height, bar_h * len(r["values"]) + 6)
+    axis_y = round(y0, 2)
+    ticks = [{"x": round(label_width + t / top_v * plot, 2), "label": pct(t) if fmt == "pct" else f"{t:g}"}
+             for t in nice_ticks(0.0, top_v, 5)]
+    if fmt == "pct":
+        for t in ticks:
+            t["label"] = t["label"].replace(".0%", "%")
     return {
         "width": width,
-        "height": 12 + row_height * max(len(rows), 1) + (16 if any(series) else 0),
+        "height": round(axis_y + 22 + (16 if any(series) else 0), 2),
+        "axis_y": axis_y,
+        "ticks": ticks,
         "label_width": label_width,
+        "plot_right": label_width + plot,
         "rows": out_rows,
         "legend": [{"label": s, "color": SERIES_COLORS[k % len(SERIES_COLORS)]} for k, s in enumerate(series) if s],
+        "label_h": LABEL_H,
     }
 
 
 def histogram_layout(values: Iterable[float], *, bins: int = 30, width: int = 640, height: int = 180,
-                     xlabel: str = "") -> dict[str, Any]:
+                     xlabel: str = "", ylabel: str = "pairs") -> dict[str, Any]:
     """Bars of a histogram of ``values`` (the plan's per-pair weights)."""
     import numpy as np  # only here: the renderers themselves need no numpy
 
     v = np.asarray([x for x in values if finite(x)], dtype=float)
     if v.size == 0:
-        return histogram_from_counts([], [], width=width, height=height, xlabel=xlabel)
+        return histogram_from_counts([], [], width=width, height=height, xlabel=xlabel, ylabel=ylabel)
     counts, edges = np.histogram(v, bins=bins)
-    return histogram_from_counts(counts.tolist(), edges.tolist(), width=width, height=height, xlabel=xlabel)
+    return histogram_from_counts(counts.tolist(), edges.tolist(), width=width, height=height, xlabel=xlabel,
+                                 ylabel=ylabel)
 
 
 def histogram_from_counts(counts: Sequence[int], edges: Sequence[float], *, width: int = 640, height: int = 180,
-                          xlabel: str = "") -> dict[str, Any]:
+                          xlabel: str = "", ylabel: str = "pairs") -> dict[str, Any]:
     """Bars of a histogram from its counts and bin edges (the plan document stores those, not one
-    value per pair)."""
-    left, right, top, bottom = 40, 12, 8, 30
+    value per pair), with an x axis and a y axis of counts (``yticks``, whole numbers only)."""
+    left, right, top, bottom = 56, 12, 8, 30
     if not counts:
-        return {"width": width, "height": height, "bars": [], "ticks": [], "xlabel": xlabel, "axis_y": height - bottom,
-                "left": left, "right": width - right, "n": 0}
+        return {"width": width, "height": height, "bars": [], "ticks": [], "yticks": [], "xlabel": xlabel,
+                "ylabel": ylabel, "axis_y": height - bottom, "top": top, "left": left, "right": width - right, "n": 0}
     plot_w, plot_h = width - left - right, height - top - bottom
     cmax = max(max(counts), 1)
     lo, hi = float(edges[0]), float(edges[-1])
@@ -161,10 +191,12 @@ def histogram_from_counts(counts: Sequence[int], edges: Sequence[float], *, widt
         h = c / cmax * plot_h
         bars.append({"x": x(a), "w": max(round(x(b) - x(a) - 1, 2), 0.5), "y": round(top + plot_h - h, 2),
                      "h": round(h, 2), "title": f"{a:.3g}–{b:.3g}: {int(c)}"})
+    yticks = [t for t in nice_ticks(0, cmax, 4) if float(t).is_integer()]
     return {
-        "width": width, "height": height, "bars": bars, "axis_y": top + plot_h, "left": left, "right": width - right,
-        "ticks": [{"x": x(t), "label": f"{t:g}"} for t in nice_ticks(lo, hi)], "xlabel": xlabel, "n": int(sum(counts)),
-        "cmax": cmax,
+        "width": width, "height": height, "bars": bars, "axis_y": top + plot_h, "top": top, "left": left,
+        "right": width - right, "ticks": [{"x": x(t), "label": f"{t:g}"} for t in nice_ticks(lo, hi)],
+        "yticks": [{"y": round(top + plot_h - t / cmax * plot_h, 2), "label": f"{int(t):,}"} for t in yticks],
+        "xlabel": xlabel, "ylabel": ylabel, "n": int(sum(counts)), "cmax": cmax,
     }
 
 

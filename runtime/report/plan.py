@@ -9,7 +9,7 @@ from typing import Any
 
 from ..documents import PLAN_REPORT_FORMAT, POLICY_FORMAT_VERSION
 from .env import render
-from .format import est_ci, num, pct, pval
+from .format import est_ci, finite, num, pct, pval
 from .layouts import bars_layout, forest_layout, histogram_from_counts
 
 
@@ -18,7 +18,7 @@ def plan_context(doc: Mapping[str, Any], plan: Mapping[str, Any], *, title: str 
     if doc.get("format") != PLAN_REPORT_FORMAT or plan.get("format_version") != POLICY_FORMAT_VERSION:
         raise ValueError(f"cannot render a plan document of format {doc.get('format')!r} "
                          f"(plan format_version {plan.get('format_version')!r})")
-    concepts = list(doc.get("concepts", []))
+    concepts = [{**c, "check": check_text(c)} for c in doc.get("concepts", [])]
     forest_rows = [{"label": c["name"], "points": [
         {"est": c.get("alpha_before"), "lo": c["alpha_before_ci"][0], "hi": c["alpha_before_ci"][1], "series": "before"},
         {"est": c.get("alpha_after"), "lo": c["alpha_after_ci"][0], "hi": c["alpha_after_ci"][1], "series": "after"},
@@ -29,8 +29,12 @@ def plan_context(doc: Mapping[str, Any], plan: Mapping[str, Any], *, title: str 
     r = doc["rows"]
     met = sum(e["met"] for e in doc.get("expectations", []))
     failed = len(doc.get("expectations", [])) - met
-    summary = (f"Plan: {r['kept']:,} pairs kept, {r['reweighted']:,} reweighted, {r['relabelled']:,} relabelled, "
-               f"{r['excluded']:,} excluded; {met} expectation{'s' * (met != 1)} met, {failed} failed.")
+    # "kept" has one meaning in the reports: still in the training data (the document's fate
+    # "kept", a pair the plan leaves as it is, reads "unchanged"), as in ``expect pairs kept``
+    kept = r["kept"] + r["reweighted"] + r["relabelled"]
+    summary = (f"Plan: {kept:,} of {kept + r['excluded']:,} pairs kept ({r['kept']:,} unchanged, "
+               f"{r['reweighted']:,} reweighted, {r['relabelled']:,} relabelled), {r['excluded']:,} excluded; "
+               f"{met} expectation{'s' * (met != 1)} met, {failed} failed.")
     return {
         "title": title or f"ethos plan: {plan.get('policy') or doc['policy']['path']}",
         "doc": doc,
@@ -39,11 +43,24 @@ def plan_context(doc: Mapping[str, Any], plan: Mapping[str, Any], *, title: str 
         "summary": summary,
         "alpha_forest": forest_layout(forest_rows, series=("before", "after"),
                                       xlabel="α: log-odds of preference per sd of Δ, 95% CI"),
+        "legend": legend(doc),
+        "share_caption": share_caption(concepts),
         "shares": bars_layout([{"label": c["name"], "values": [c.get("share_before"), c.get("share_after")]}
                                for c in concepts], series=("before", "after"), vmax=1.0),
         "weights": layout,
         "examples": list(doc.get("examples") or []),
     }
+
+
+def share_caption(concepts: list[Mapping[str, Any]]) -> str:
+    """What the before and after shares are, and why the after shares need not sum to 100%."""
+    before = sum(c["share_before"] for c in concepts if finite(c.get("share_before")))
+    after = sum(c["share_after"] for c in concepts if finite(c.get("share_after")))
+    return (f"share_c = mean_i |α_c z_ic| / Σ_c' mean_i |α_c' z_ic'| over the data as it is (before: the shares sum "
+            f"to {pct(before)}). After: each concept's mean |α′_c z_ic| over the weighted pairs the plan leaves, "
+            f"divided by the same before total, so the after shares sum to {pct(after)} — the size of the plan's "
+            f"learning signal relative to the data's: below 100% when the rules remove signal (blocking, "
+            f"dampening), above when they add to it.")
 
 
 def render_plan_html(doc: Mapping[str, Any], plan: Mapping[str, Any], **kw: Any) -> str:
@@ -54,30 +71,51 @@ def render_plan_markdown(doc: Mapping[str, Any], plan: Mapping[str, Any], **kw: 
     return render("plan.md.j2", **plan_context(doc, plan, **kw))
 
 
-def print_plan_report(doc: Mapping[str, Any], plan: Mapping[str, Any], console: Any = None) -> None:
-    """The terminal summary of a dry run: α before → after per concept, expectations, warnings."""
-    from rich.console import Console
-    from rich.table import Table
+def check_text(c: Mapping[str, Any]) -> str:
+    """The verdict on a concept's α′: judged against the target with the interval's width in mind
+    (``uncertain`` when the 95% CI of α′ holds both the target and the data's α)."""
+    if c.get("collateral"):
+        return "moved (no rule)"
+    if c.get("factor") is None or c.get("alpha_after") is None:
+        return "–"
+    if c.get("verdict"):
+        return str(c["verdict"])
+    return "on target" if c.get("on_target") else "off target"
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console.width = 140
+
+def legend(doc: Mapping[str, Any]) -> str:
+    """What each statistic of the plan table is, and which test it comes from."""
+    test = (doc.get("settings") or {}).get("test", "sign")
+    return (f"α: joint Bradley–Terry coefficient (all concepts fitted together), 95% Wald CI; after: the weighted "
+            f"re-fit on what the rules produce. d, q: marginal, one concept at a time — q is the {test} test's "
+            f"p-value, Benjamini–Hochberg adjusted. Marginal and joint are different tests: a small q can sit next "
+            f"to an α whose interval spans 0.")
+
+
+def print_plan_report(doc: Mapping[str, Any], plan: Mapping[str, Any], console: Any = None) -> None:
+    """The terminal summary of a dry run: α before → after per concept, expectations, warnings.
+    The table stacks (one block per concept) when it does not fit the console's width."""
+    from rich.text import Text
+
+    from .terminal import console_for_output, print_fitting_table
+
+    console = console_for_output(console)
     ctx = plan_context(doc, plan)
-    table = Table(title=ctx["title"], show_edge=False, box=None, padding=(0, 2))
-    for col in ("concept", "lens", "k", "α before [95% CI]", "target", "α after [95% CI]", "check", "q"):
-        table.add_column(col, no_wrap=True)
+    rows = []
     for c in ctx["concepts"]:
-        check = ("moved (no rule)" if c["collateral"] else "–" if c["factor"] is None or c["alpha_after"] is None
-                 else "on target" if c["on_target"] else "off target")
+        check = check_text(c)
         style = "red" if check in ("off target", "moved (no rule)") and c["protocols"] is not None else None
-        table.add_row(c["name"], c["lens"], "–" if c["factor"] is None else num(c["factor"], "g"),
+        rows.append(([Text(c["name"]), c["lens"], "–" if c["factor"] is None else num(c["factor"], "g"),
                       est_ci(c["alpha_before"], c["alpha_before_ci"], "+.3f"), num(c["alpha_target"], "+.3f"),
-                      est_ci(c["alpha_after"], c["alpha_after_ci"], "+.3f"), check, pval(c["q"]), style=style)
-    console.print(table)
+                      est_ci(c["alpha_after"], c["alpha_after_ci"], "+.3f"), check, num(c.get("d"), "+.2f"),
+                      pval(c["q"])], style))
+    columns = [("concept", "left"), ("lens", "left"), ("k", "right"), ("α before [95% CI]", "right"),
+               ("target", "right"), ("α after [95% CI]", "right"), ("check", "left"), ("d", "right"), ("q", "right")]
+    print_fitting_table(console, columns, rows, title=ctx["title"])
+    console.print(Text(legend(doc), style="dim"))
     console.print(f"ESS {num(doc['ess'], ',.0f')} ({pct(doc['ess_fraction'])} of the pairs in the data)")
     for e in doc.get("expectations", []):
         mark = "[green]met[/green]" if e["met"] else "[red]FAILED[/red]"
-        console.print(f"  line {e['line']}: {e['text']}  → {num(e['value'], '.3g')} {mark}")
+        console.print(Text(f"  line {e['line']}: {e['text']}  → {num(e['value'], '.3g')} ") + Text.from_markup(mark))
     for w in doc.get("warnings", []):
-        console.print(f"  [yellow]warning:[/yellow] {w}")
+        console.print(Text.from_markup("  [yellow]warning:[/yellow] ") + Text(str(w)))

@@ -3,7 +3,8 @@
 
 - :mod:`.load` — the one SAE loader: :func:`find_sae` (a name: ``default``, a cached name, a
   folder), :func:`load_sae` (sae-lens, float32), :func:`sae_info`, :func:`read_meta`,
-  :func:`sae_layer`, and :func:`sae_runtime` (the model runtime at the SAE's layer).
+  :func:`sae_layer`, :func:`sae_runtime` (the model runtime at the SAE's layer, the SAE moved to
+  its device) and :func:`sae_on`.
 - :mod:`.store` — training data: text sources into token units (:func:`read_units`, the held-out
   rule :func:`is_held_out`), their activations (:func:`unit_activations`) in an on-disk
   :class:`ActivationStore`.
@@ -35,7 +36,7 @@ from .latents import (
     promoted_tokens,
     reply_latents,
 )
-from .load import META_FILE, SHIPPED_DEFAULT, SAEError, find_sae, load_sae, read_meta, sae_info, sae_layer, sae_runtime
+from .load import META_FILE, SHIPPED_DEFAULT, SAEError, find_sae, load_sae, read_meta, sae_info, sae_layer, sae_on, sae_runtime
 from .store import (
     HOLDOUT,
     TEXT_FIELDS,
@@ -88,6 +89,7 @@ __all__ = [
     "reply_latents",
     "sae_info",
     "sae_layer",
+    "sae_on",
     "sae_runtime",
     "save_sae",
     "train_and_save",

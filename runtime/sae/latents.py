@@ -24,8 +24,8 @@ from ..documents import SAE_META_FORMAT
 from ..io import atomic_write_text
 from ..device import to_list, to_numpy
 from ..model import ModelRuntime, PairTokens, cache_root, length_batches, sha256_file, tokenize_pair
+from ..progress import stage
 from .load import SAEError, find_sae, load_sae, sae_on, sae_runtime
-from .progress import progress_bar
 
 LABELS_DIR = "labels"
 MARK_OPEN, MARK_CLOSE = "\u27e6", "\u27e7"  # ⟦ ⟧
@@ -41,8 +41,7 @@ def _reply_latents(
     (for a second pass over some of them)."""
     sae_on(sae, runtime.device)
     items = [tokenize_pair(runtime.tokenizer, p.prompt, [p.chosen, p.rejected], max_tokens=runtime.max_tokens) for p in pairs]
-    bar = progress_bar(len(items), "latents", unit="pairs") if progress else None
-    try:
+    with stage("sae latents", total=len(items), unit="pairs", enabled=progress) as bar:
         for batch in length_batches(items, runtime.batch_size):
             acts = runtime.encoder.encode_batch([items[i] for i in batch])
             flat = [a for per in acts for a in per]
@@ -51,11 +50,7 @@ def _reply_latents(
             parts = list(torch.split(z, lengths))
             for k, i in enumerate(batch):
                 visit(i, parts[2 * k : 2 * k + 2], items[i])
-            if bar is not None:
-                bar[0].update(bar[1], advance=len(batch))
-    finally:
-        if bar is not None:
-            bar[0].stop()
+            bar.advance(len(batch))
     return items
 
 
@@ -268,9 +263,12 @@ def describe_latents(
     return out
 
 
-def _labels_dirs(sae_folder: Path) -> list[Path]:
-    """Where labels of an SAE live: ``<sae>/labels/``, except for SAEs shipped in the library or in
-    read-only folders, whose labels go under ``$ETHOS_CACHE/sae-labels/<folder hash>/``."""
+def _labels_dirs(sae_folder: Any) -> list[Path]:
+    """Where labels of an SAE live: ``<sae>/labels/``, except for SAEs shipped in the library, in
+    read-only folders or named by sae-lens release, whose labels go under
+    ``$ETHOS_CACHE/sae-labels/<folder or release hash>/``."""
+    if not isinstance(sae_folder, Path):  # a release SAE (hub.PretrainedSae)
+        return [cache_root() / "sae-labels" / hashlib.sha256(sae_folder.spec.encode()).hexdigest()[:16]]
     key = hashlib.sha256(str(sae_folder.resolve()).encode()).hexdigest()[:16]
     cached = cache_root() / "sae-labels" / key
     shipped = sae_folder.resolve().is_relative_to(LIBRARY_ROOT.resolve())
@@ -281,7 +279,8 @@ def _labels_dirs(sae_folder: Path) -> list[Path]:
 
 def labels_path(sae_folder: Path, data_sha256: str) -> Path:
     """The labels file of an SAE from one dataset: ``labels/<data sha256[:16]>.json``."""
-    return _labels_dirs(Path(sae_folder))[0] / f"{data_sha256[:16]}.json"
+    return _labels_dirs(sae_folder if not isinstance(sae_folder, (str, os.PathLike)) else Path(sae_folder))[0] \
+        / f"{data_sha256[:16]}.json"
 
 
 def load_labels(sae_folder: str | os.PathLike[str], data_sha256: str | None = None) -> dict[int, dict[str, Any]]:

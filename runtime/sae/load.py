@@ -24,7 +24,7 @@ import torch
 
 from ..device import module_device, resolve_device
 from ..errors import EthosError
-from ..hub import HubError, PretrainedSae, load_pretrained_sae, pretrained_sae_info, resolve_sae_id
+from ..hub import HubError, PretrainedSae, check_sae_fits, load_pretrained_sae, pretrained_sae_info, resolve_sae_id
 from ..model import ModelRuntime, cache_root, layer_of_hook, load_model, model_runtime, text_config
 
 SHIPPED_DEFAULT = LIBRARY_ROOT / "saes" / DEFAULT_SAE
@@ -106,6 +106,8 @@ def load_sae(name_or_folder: str | os.PathLike[str] | PretrainedSae, *, device: 
         except HubError as exc:
             raise SAEError(str(exc)) from None
     try:
+        if where == "meta":  # no data to load onto: shapes only (the device tests)
+            return sae_on(SAE.load_from_disk(path, device="cpu", dtype="float32").eval(), where)
         sae = SAE.load_from_disk(path, device=where, dtype="float32")
     except (OSError, ValueError, KeyError) as exc:
         raise SAEError(f"{path}: cannot load the SAE: {exc}") from None
@@ -155,5 +157,9 @@ def sae_runtime(sae: Any, model: str = DEFAULT_MODEL, runtime: ModelRuntime | No
         raise SAEError(f"the SAE has d_in {sae.cfg.d_in}, model {model} has d_model {hidden}")
     runtime = model_runtime(loaded, tokenizer=tokenizer, layer=layer, fingerprint=fingerprint, name=str(model),
                             batch_size=batch_size)
+    try:
+        check_sae_fits(sae, loaded.config, runtime.layer, model_name=f"model {model}")
+    except HubError as exc:
+        raise SAEError(str(exc)) from None
     sae_on(sae, runtime.device)
     return runtime

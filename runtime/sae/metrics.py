@@ -18,8 +18,8 @@ from ethos.compiler.names import DEFAULT_MODEL
 
 from ..device import to_float, to_numpy
 from ..model import ModelRuntime, PairTokens, length_batches, say, sha256_file, tokenize_pair
+from ..progress import stage
 from .load import SAEError, find_sae, load_sae, read_meta, sae_on, sae_runtime
-from .progress import progress_bar
 from .store import HOLDOUT, is_held_out
 
 DENSE_THRESHOLD = 0.10
@@ -118,12 +118,11 @@ def evaluate(
     acc = _EvalAccumulator(sae.cfg.d_in, sae.cfg.d_sae)
     items = _sample(runtime, pairs, max_tokens, context)
     total = sum(b - a for it in items for a, b in it.spans)
-    bar = progress_bar(total, "eval") if progress else None
 
     def t(values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=runtime.device)
 
-    try:
+    with stage("sae eval", total=total, unit="tok", enabled=progress) as bar:
         for batch in length_batches(items, runtime.batch_size):
             its = [items[i] for i in batch]
             if any(not it.prompt for it in its):
@@ -171,11 +170,7 @@ def evaluate(
                     logits_s = head(fw.final[sr, kp]).float()
                     ce = torch.nn.functional.cross_entropy
                     acc.add_ce(ce(logits_c, targets, reduction="sum"), ce(logits_s, targets, reduction="sum"), len(keep))
-            if bar is not None:
-                bar[0].update(bar[1], completed=min(acc.n, total))
-    finally:
-        if bar is not None:
-            bar[0].stop()
+            bar.advance(min(acc.n, total) - bar.done)
     return acc.result()
 
 
@@ -236,5 +231,5 @@ def evaluate_data(
         say(f"the SAE was trained on {os.fspath(data)}: evaluating on its {len(pairs)} held-out rows")
     runtime = sae_runtime(loaded, model, batch_size=batch_size)
     metrics = evaluate(loaded, runtime, pairs, max_tokens=tokens, progress=progress)
-    return {"sae": str(folder), "layer": runtime.layer, "data": os.fspath(data), "held_out": held, "pairs": len(pairs),
+    return {"sae": str(folder) if isinstance(folder, Path) else folder.spec, "layer": runtime.layer, "data": os.fspath(data), "held_out": held, "pairs": len(pairs),
             **metrics}

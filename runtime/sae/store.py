@@ -33,8 +33,8 @@ import torch
 from ..device import to_numpy
 from ..io import atomic_write_text
 from ..model import Encoder, sha256_file, tokenize_pair
+from ..progress import stage
 from .load import SAEError
-from .progress import progress_bar
 
 HOLDOUT = 10
 """Rows whose 0-based index is a multiple of ``HOLDOUT`` are never trained on; ``eval`` uses them
@@ -315,9 +315,8 @@ def collect_activations(
     total = sum(u.n_train() for u in units)
     n = 0
     norms: list[torch.Tensor] = []
-    progress, task = progress_bar(total, "activations")
     t0 = time.perf_counter()
-    try:
+    with stage("sae activations", total=total, unit="tok") as bar:
         with open(folder / "acts.bin.part", "wb") as f:
             for batch in unit_batches(units, batch_tokens):
                 acts = unit_activations(encoder, [units[i] for i in batch])
@@ -326,9 +325,7 @@ def collect_activations(
                 # bf16 bits as int16 (numpy has no bf16): the raw bytes cross to the host once
                 f.write(to_numpy(block.view(torch.int16)).tobytes())
                 n += block.shape[0]
-                progress.update(task, advance=block.shape[0])
-    finally:
-        progress.stop()
+                bar.advance(block.shape[0])
     seconds = time.perf_counter() - t0
     os.replace(folder / "acts.bin.part", folder / "acts.bin")
     all_norms = torch.from_numpy(to_numpy(torch.cat(norms))) if norms else torch.zeros(1)

@@ -27,9 +27,9 @@ from ..documents import SAE_META_FORMAT
 from ..io import atomic_write_text
 from ..device import resolve_device, to_float, to_numpy
 from ..model import cache_root, check_layer, load_model, model_runtime, say
+from ..progress import stage
 from .load import META_FILE, SAEError, load_sae
 from .metrics import evaluate
-from .progress import progress_bar
 from .store import HOLDOUT, ActivationStore, activation_key, collect_activations, heldout_pairs, read_units
 
 
@@ -140,9 +140,9 @@ def train_sae(store: ActivationStore, cfg: TrainConfig, *, hook_name: str, model
         n_batches_for_norm_estimate=1,
         device=where,
     )
-    progress, task = progress_bar(steps * cfg.batch_size, "training")
     losses: list[torch.Tensor] = []  # on the device; read once at the end
-    data = _batches(store, cfg, lambda n: progress.update(task, advance=n))
+    bar = stage("sae train", total=steps * cfg.batch_size, unit="tok")
+    data = _batches(store, cfg, lambda n: bar.advance(n))
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data)
     trainer.activation_scaler.scaling_factor = scale
     original_step = trainer.step
@@ -159,10 +159,10 @@ def train_sae(store: ActivationStore, cfg: TrainConfig, *, hook_name: str, model
     trainer_module.tqdm = lambda *a, **kw: plain_tqdm(*a, **{**kw, "disable": True})  # rich shows progress
     t0 = time.perf_counter()
     try:
-        trained = trainer.fit()
+        with bar:
+            trained = trainer.fit()
     finally:
         trainer_module.tqdm = plain_tqdm
-        progress.stop()
     seconds = time.perf_counter() - t0
     stats = {
         "fit_seconds": round(seconds, 1),

@@ -59,8 +59,8 @@ def replicate(
         note = f"too few held-out pairs ({live}; need {min_pairs})"
         return [{"n": n, "d": nan, "d_ci": [nan, nan], "win_rate": nan, "p": nan, "q": nan, "replicated": None,
                  "note": note} for _ in groups]
-    delta = np.stack([chosen[:, list(g)].sum(axis=1, dtype=np.float64) - rejected[:, list(g)].sum(axis=1, dtype=np.float64)
-                      for g in groups], axis=1)
+    delta = np.stack([chosen[:, list(g)].sum(axis=1, dtype=np.float64)
+                      - rejected[:, list(g)].sum(axis=1, dtype=np.float64) for g in groups], axis=1)
     mg = marginal(delta, weights, n_boot=n_boot, seed=seed)
     q = bh(mg.p)
     out = []

@@ -41,7 +41,12 @@ VALID = [
     'policy "p";', 'model "m" layer 3;', "expect pairs kept >= 0.8;", "expect concept refusal share < 0.1;",
     'block concept verbosity via inoculation "Be brief.";', "reverse concept apology via relabel;",
     "expect concept refusal alpha < 0 before plan;", "expect ess >= 0.3;",
+    "encourage concept warmth;", "discourage concept flattery by 0.5 via loss;",
+    "block concept refusal when topic med;", 'concept s = lexicon "concepts/hedging.txt" presence;',
+    'topic med = lexicon "topics/medical.txt" above 1;', 'topic m = column "category" == "math";',
+    "topic t3 = cluster 3 of 12;", "keep concept verbosity when topic t3;",
 ]
+DEFINITIONS = ("concept f", "concept s", "topic ")
 
 texts = st.one_of(
     st.text(max_size=200),
@@ -71,8 +76,9 @@ def mutated(draw):
 @st.composite
 def laid_out(draw):
     """A valid policy with line breaks, blank lines and comments between any two tokens."""
-    rules = [s for s in VALID if not s.startswith("concept f")]
-    statements = ["concept f = features 1, 2 pool max;"] + draw(st.lists(st.sampled_from(rules), min_size=1, max_size=6, unique=True))
+    rules = [s for s in VALID if not s.startswith(DEFINITIONS)]
+    head = [s for s in VALID if s.startswith(DEFINITIONS)]
+    statements = head + draw(st.lists(st.sampled_from(rules), min_size=1, max_size=6, unique=True))
     out = []
     for s in statements:
         toks, _ = tokenize(s)
@@ -123,7 +129,7 @@ def test_parser_agrees_with_the_reference_grammar(tokens, sep):
         assert ours.ast.statements == reference.statements
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(laid_out())
 def test_fmt_keeps_comments_line_breaks_and_meaning(text):
     r = _compiles_or_diagnoses(text)
@@ -142,7 +148,7 @@ def test_fmt_keeps_comments_line_breaks_and_meaning(text):
 
 
 def test_huge_and_deep_inputs():
-    for text in ["block concept refusal;" * 20000, "(" * 100000, "#" * 1_000_000, "concept x = features "
+    for text in ["block concept refusal;" * 10000, "(" * 100000, "#" * 1_000_000, "concept x = features "
                  + ", ".join(["1"] * 50000) + ";", "\n" * 200000 + "@", "[" * 100000, '"' * 100000,
                  "block concept " + "x" * 1_000_000 + ";"]:
         _compiles_or_diagnoses(text)

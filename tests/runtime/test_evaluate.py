@@ -58,6 +58,9 @@ def test_report_from_scores(policy):
     rows = {r["concept"]: r for r in doc["models"][0]["concepts"]}
     assert rows["marker"]["shift"] == 2.0 and rows["marker"]["shift_sd"] == 0.5 and rows["marker"]["predicted"] == 0.0
     assert rows["hedging"]["predicted"] == pytest.approx(0.2) and rows["hedging"]["shift"] == 0.0
+    # a shift of exactly 0 on every prompt is flagged, never a significant (or plain) result
+    assert "not a measured null" in rows["hedging"]["suspect"] and rows["hedging"]["significant"] is False
+    assert "suspect" not in rows["marker"]
     md = render_evaluate_markdown(doc)
     assert "| marker |" in md and "too few" in md
     html = render_evaluate_html(doc)
@@ -167,11 +170,32 @@ def test_train_and_evaluate_cli_on_a_tiny_model(tiny_model_dir, policy, tmp_path
                  "--policy", str(policy), "--max-new-tokens", "4", "--samples", "1", "--out", str(tmp_path / "ev"),
                  "--json"])
     assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
     doc = json.loads((tmp_path / "ev" / "evaluate.json").read_text())
     assert doc["replies_per_prompt"] == 2 and {r["concept"] for r in doc["models"][0]["concepts"]} == {"marker", "hedging"}
+    # two of the three held-out prompts were trained on; 4 new tokens: every reply is cut off
+    overlap = f"2 of 3 held-out prompts are training prompts of {out} (apply folder {apply_dir})"
+    assert any(w.startswith(overlap) for w in doc["warnings"]) and f"warning: {overlap}" in err
+    assert "every reply of base hit --max-new-tokens 4" in " ".join(doc["warnings"])
     assert (tmp_path / "ev" / "evaluate.md").read_text().startswith("# ethos evaluate")
     html = (tmp_path / "ev" / "evaluate.html").read_text()
     assert "marker" in html and "hedging" in html and out.name in html and "<script" not in html.lower()
+
+
+def test_generate_reports_replies_cut_off_at_the_token_cap(tiny_model_dir, ethos_cache):
+    from ethos.runtime.model import load_model
+
+    model, tok, _ = load_model(tiny_model_dir)
+    prompts = [[{"role": "user", "content": "Hello"}], [{"role": "user", "content": "Hi"}]]
+    capped: list[bool] = []
+    replies = E.generate(model, tok, prompts, max_new_tokens=3, capped=capped)
+    assert len(capped) == len(replies) == 2
+    # the random tiny model does not say <|im_end|> within 3 tokens: each reply is cut off at the cap
+    assert capped == [True, True]
+    model.generation_config.eos_token_id = list(range(len(tok)))  # every token ends the reply
+    capped = []
+    E.generate(model, tok, prompts, max_new_tokens=3, capped=capped)
+    assert capped == [False, False]
 
 
 def test_cli_errors_are_one_line(tmp_path, policy, capsys):

@@ -115,3 +115,32 @@ def test_activation_protocols_leave_the_data_alone(pairs):
     r = compile_source(src)
     sim = simulate(r.plan, ["p"], pairs[:, :1], np.array([0.5]))
     assert np.all(sim.weights == 1) and np.all(sim.margin_offset == 0) and set(sim.fate) == {"kept"}
+
+
+@pytest.mark.parametrize("rule,target", [
+    ("encourage concept b;", lambda a: abs(a)),  # the data teaches less b (α < 0): the target is +|α|
+    ("encourage concept b by 0.8;", lambda a: 0.8),
+    ("discourage concept a;", lambda a: -abs(a)),
+    ("encourage concept a by 0.9;", lambda a: 0.9),  # more of what the data already teaches
+    ("encourage concept b via loss;", lambda a: abs(a)),
+    ("discourage concept a by 0.3 via loss;", lambda a: -0.3),
+    ("encourage concept c by 0.5;", lambda a: 0.5),  # α ≈ 0: no factor reaches it, the target does
+])
+def test_directions_reach_their_target_whatever_the_data_teaches(pairs, rule, target):
+    from ethos.runtime.interventions import resolved_factor
+
+    alpha = fit(pairs)
+    p = plan(rule)
+    (i,) = p.interventions
+    j = NAMES.index(i.concept)
+    sim = simulate(p, NAMES, pairs, alpha, seed=3)
+    after = fit(pairs * sim.sign[:, None], sim.weights, sim.margin_offset)
+    assert after[j] == pytest.approx(target(alpha[j]), abs=0.08)
+    others = [m for m in range(3) if m != j and abs(alpha[m]) > 0.2]
+    for m in others:
+        assert after[m] == pytest.approx(alpha[m], abs=0.1)  # the unnamed concepts stay
+    assert resolved_factor(i, alpha[j]) == pytest.approx(target(alpha[j]) / alpha[j])
+    # on data without the concept (α = 0) the data's own size is 0 (k = 1: nothing to do); a
+    # given size has no factor that reaches it
+    assert resolved_factor(i, 0.0) == (1.0 if i.size is None else None)
+    assert resolved_factor(i, float("nan")) is None

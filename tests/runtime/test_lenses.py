@@ -52,7 +52,7 @@ def test_metric_lens_implements_exactly_the_compiler_metrics() -> None:
         ("questions", "Why? How?", 2),
         ("links", "see https://a.com and [b](http://b.org) or www.c.net", 3),
         ("first_person", "I think my dog likes me", 50.0),
-        ("apology", "Sorry, I apologize for that", 40.0),
+        ("apology", "Sorry, I apologize for that", 2.0),  # a count since the metric's version 2
         ("hedging", "It might rain, perhaps. I think so.", 300 / 7),
     ],
 )
@@ -75,14 +75,16 @@ def test_length_counts_reply_tokens_of_the_tokenizer(tiny_model_dir: Path) -> No
         metric("length", text)
 
 
-def test_lexicon_lens_counts_whole_words_case_insensitively_per_100_words(tmp_path: Path) -> None:
+def test_lexicon_lens_counts_whole_words_case_insensitively(tmp_path: Path) -> None:
     f = tmp_path / "hedge.txt"
     f.write_text("# hedges\nmight\ni think\n\nperhaps\n")
     ctx = LensContext(policy_dir=tmp_path)
     lens = build_lens(Concept(name="h", lens=LexiconLens(file=ref(f)), origin="policy"), ctx)
     assert lens.pattern.pattern.count("|") == 2  # one regex for all entries
     text = "I  THINK it Might work, mighty perhaps; perhapsnot"  # 8 words, 3 matches
-    assert lens.score_texts([((), text)])[0]["value"] == pytest.approx(100 * 3 / 8)
+    assert lens.score_texts([((), text)])[0]["value"] == 3.0  # mode count, the default
+    density = build_lens(Concept(name="h", lens=LexiconLens(file=ref(f), mode="density"), origin="policy"), ctx)
+    assert density.score_texts([((), text)])[0]["value"] == pytest.approx(100 * 3 / 8)  # per 100 words
 
 
 def test_lexicon_file_changed_since_compile_is_an_error(tmp_path: Path) -> None:

@@ -289,3 +289,62 @@ def test_a_plan_folder_is_marked_complete_last(tmp_path, ethos_cache, capsys, mo
     assert not (out / MARKER).exists() and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(IncompleteOutput, match="did not finish"):
         check_complete(out, "plan")
+
+
+def test_amplify_on_a_concept_the_data_teaches_less_of_warns_and_encourage_does_what_it_says(tmp_path, ethos_cache,
+                                                                                             capsys):
+    """self_reference (first-person words): on the shipped sample the preferred replies say "I" less
+    (α < 0), so amplifying teaches even less of it; encouraging teaches more."""
+    amplify = write(tmp_path, "amplify concept self_reference by 2.0;\n", "a.ethos")
+    assert main(["plan", amplify, "--out", str(tmp_path / "a"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (c,) = doc["concepts"]
+    assert c["alpha_before_ci"][1] < 0 and c["alpha_after"] < c["alpha_before"]  # even less
+    (warning,) = [w for w in doc["warnings"] if "amplifying teaches even less" in w]
+    assert "the data teaches less self_reference" in warning and "`encourage concept self_reference;`" in warning
+
+    encourage = write(tmp_path, "encourage concept self_reference;\ndiscourage concept hedging by 0.3 via loss;\n",
+                      "e.ethos")
+    assert main(["plan", encourage, "--out", str(tmp_path / "e"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    concepts = {c["name"]: c for c in doc["concepts"]}
+    s, h = concepts["self_reference"], concepts["hedging"]
+    assert s["alpha_after"] - s["alpha_before"] > 0  # more self-reference, whatever the data teaches
+    assert s["alpha_target"] == pytest.approx(-s["alpha_before"]) and s["factor"] == pytest.approx(-1.0)
+    assert s["verdict"] == "on target" and s["on_target"] is True
+    assert h["alpha_target"] == pytest.approx(-0.3) and h["alpha_after"] == pytest.approx(-0.3, abs=0.05)
+    assert not any("amplifying" in w for w in doc["warnings"])
+    by_concept = {i["concept"]: i for i in doc["interventions"]}
+    assert by_concept["self_reference"]["direction"] == 1 and by_concept["hedging"]["direction"] == -1
+    assert by_concept["hedging"]["target"] == pytest.approx(-0.3)
+
+
+def test_on_target_is_judged_with_the_interval_width(tmp_path, ethos_cache, capsys):
+    """On 40 pairs the interval of α′ for a blocked weak concept holds both 0 and α: "uncertain",
+    not "on target"; on the sample's strongest signal with more pairs the block is resolved."""
+    policy = write(tmp_path, "concept v = metric words;\nblock concept v;\nblock concept hedging;\n")
+    assert main(["plan", policy, "--limit", "40", "--out", str(tmp_path / "o"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for c in doc["concepts"]:
+        lo, hi = c["alpha_after_ci"]
+        both = lo <= c["alpha_before"] <= hi and lo <= c["alpha_target"] <= hi
+        assert c["verdict"] == ("uncertain" if both else "on target" if lo <= c["alpha_target"] <= hi else "off target")
+        assert c["on_target"] is {"on target": True, "off target": False}.get(c["verdict"])
+    assert any(c["verdict"] == "uncertain" for c in doc["concepts"])
+    assert any("too few pairs to tell" in w for w in doc["warnings"])
+    assert main(["plan", policy, "--out", str(tmp_path / "o"), "--json"]) == 0
+    v = next(c for c in json.loads(capsys.readouterr().out)["concepts"] if c["name"] == "v")
+    assert v["verdict"] == "on target"
+
+
+def test_the_headline_says_kept_as_expect_pairs_kept_means_it(tmp_path, ethos_cache, capsys):
+    policy = write(tmp_path, WORDS + "dampen concept hedging by 0.5 via filter;\nexpect pairs kept >= 0.5;\n")
+    assert main(["plan", policy, "--limit", "120", "--out", str(tmp_path / "o"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    r = doc["rows"]
+    kept = r["kept"] + r["reweighted"] + r["relabelled"]  # the fate "kept" is a pair no rule changed
+    assert doc["expectations"][0]["value"] == pytest.approx(kept / r["usable"])
+    assert main(["plan", policy, "--limit", "120", "--out", str(tmp_path / "o")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"Plan: {kept:,} of 120 pairs kept ({r['kept']:,} unchanged, {r['reweighted']:,} "
+                           f"reweighted, {r['relabelled']:,} relabelled), {r['excluded']:,} excluded; ")

@@ -299,7 +299,8 @@ def test_plan_report_renders_its_examples_from_the_document():
     assert "The pairs each rule changes most" in html and "pair 7: reweighted, weight 0.25" in html
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;hi&lt;/b&gt;" in html
     assert "&lt;i&gt;pairs&lt;/i&gt;" in html and html.count("<svg") == 3
-    assert md.startswith("# ethos plan: demo") and "Plan: 4 pairs kept, 5 reweighted, 0 relabelled, 1 excluded" in md
+    assert md.startswith("# ethos plan: demo") and "Plan: 9 of 10 pairs kept (4 unchanged, 5 reweighted, 0 relabelled), 1 excluded" in md
+    assert "| unchanged | 4 |" in md and "| kept |" not in md  # one word per meaning
     assert "Say" not in md  # the Markdown report shows no example pairs (as before)
     again = json.loads(json.dumps(doc))
     assert render_plan_html(again, PLAN_JSON) == html and render_plan_markdown(again, PLAN_JSON) == md
@@ -307,3 +308,90 @@ def test_plan_report_renders_its_examples_from_the_document():
     assert "The pairs each rule changes most" not in render_plan_html(doc, PLAN_JSON)
     with pytest.raises(ValueError, match="format"):
         render_plan_html(dict(doc, format=99), PLAN_JSON)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports that explain themselves: named tests, non-overlapping labels, axes on every chart
+
+
+def label_boxes(layout):
+    """(x0, y0, x1, y1) of every value label of a bars layout (11px text: baseline text_y)."""
+    return [(b["text_x"], b["text_y"] - layout["label_h"] + 2, b["text_x"] + b["text_w"], b["text_y"] + 2, b)
+            for r in layout["rows"] for b in r["bars"]]
+
+
+def test_share_bar_labels_never_overlap_and_stay_in_the_chart():
+    from ethos.runtime.report.layouts import text_width
+
+    values = [[1.0, 0.999], [0.0, 0.001], [0.5, 0.49], [0.97, 0.02], [None, 0.3]]
+    lay = bars_layout([{"label": f"c{i}", "values": v} for i, v in enumerate(values)], series=("before", "after"),
+                      vmax=1.0)
+    boxes = label_boxes(lay)
+    for i, (ax0, ay0, ax1, ay1, a) in enumerate(boxes):
+        assert 0 <= ax0 and ax1 <= lay["width"] and ay1 <= lay["height"]
+        if a["inside"]:  # drawn inside its bar's right end
+            assert a["x"] <= ax0 and ax1 <= a["x"] + a["w"]
+        else:  # right of its bar
+            assert ax0 >= a["x"] + a["w"]
+        for bx0, by0, bx1, by1, b in boxes[i + 1:]:
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, (a["text"], b["text"])  # disjoint boxes
+        # no label covers another bar
+        for r in lay["rows"]:
+            for b in r["bars"]:
+                if b is not a and b["w"] > 0:
+                    assert ax1 <= b["x"] or b["x"] + b["w"] <= ax0 or ay1 <= b["y"] or b["y"] + b["h"] <= ay0
+    full = lay["rows"][0]["bars"][0]
+    assert full["inside"] and full["text"] == "100.0%" and full["text_w"] == text_width("100.0%")
+    assert not lay["rows"][1]["bars"][1]["inside"]
+
+
+def test_histogram_has_a_y_axis_with_ticks_and_a_label():
+    hist = histogram_layout([0.5] * 7 + [1.0] * 23 + [1.5] * 2, bins=3)
+    assert hist["ylabel"] == "pairs" and [t["label"] for t in hist["yticks"]][0] == "0"
+    ys = [t["y"] for t in hist["yticks"]]
+    assert ys == sorted(ys, reverse=True) and ys[0] == hist["axis_y"] and all(y >= hist["top"] for y in ys)
+    assert all(float(t["label"].replace(",", "")).is_integer() for t in hist["yticks"]) and len(ys) >= 3
+    env = environment("html")
+    svg = env.from_string('{% import "macros.html.j2" as m %}{{ m.histogram(h) }}').render(h=hist)
+    assert f'x1="{hist["left"]}" x2="{hist["left"]}"' in svg  # the y axis line
+    assert ">pairs</text>" in svg and "rotate(-90" in svg and ">20</text>" in svg
+
+
+def test_reports_name_the_test_behind_each_statistic():
+    from ethos.runtime.report.plan import render_plan_html, render_plan_markdown
+
+    for text in (render_audit_html(document()), render_audit_markdown(document()),
+                 render_plan_html(plan_document(), PLAN_JSON), render_plan_markdown(plan_document(), PLAN_JSON)):
+        assert "Marginal" in text or "marginal" in text
+        assert "Joint" in text or "joint" in text
+        assert "sign test" in text and "Benjamini–Hochberg" in text and "Bradley–Terry" in text
+        assert "bootstrap" in text or "Wald" in text
+
+
+def test_plan_share_chart_explains_the_after_shares():
+    from ethos.runtime.report.plan import render_plan_html, render_plan_markdown
+
+    doc = plan_document()
+    doc["concepts"].append(dict(doc["concepts"][0], name="hedging", share_before=0.4, share_after=0.22))
+    html, md = render_plan_html(doc, PLAN_JSON), render_plan_markdown(doc, PLAN_JSON)
+    for text in (html, md):
+        assert "sum to 100.0%" in text and "sum to 24.0%" in text  # 0.6 + 0.4 before; 0.02 + 0.22 after
+        assert "below 100% when the rules remove signal" in text
+    assert "verbosity 60.0% → 2.0%" in md
+
+
+def test_plan_check_column_reads_the_verdict():
+    from ethos.runtime.report.plan import render_plan_html, render_plan_markdown
+
+    doc = plan_document()
+    doc["concepts"][0]["verdict"] = "uncertain"
+    assert "| uncertain |" in render_plan_markdown(doc, PLAN_JSON)
+    assert '<td class="text">uncertain</td>' in render_plan_html(doc, PLAN_JSON)
+
+
+def test_share_bars_have_a_scale():
+    lay = bars_layout([{"label": "a", "values": [0.3]}, {"label": "b", "values": [0.7]}], vmax=1.0)
+    assert [t["label"] for t in lay["ticks"]] == ["0%", "20%", "40%", "60%", "80%", "100%"]
+    assert lay["ticks"][0]["x"] == lay["label_width"] and lay["ticks"][-1]["x"] == lay["plot_right"]
+    assert lay["axis_y"] >= max(b["y"] + b["h"] for r in lay["rows"] for b in r["bars"])
+    assert lay["height"] >= lay["axis_y"] + 14

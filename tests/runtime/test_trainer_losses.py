@@ -29,7 +29,8 @@ PAIRS = [
 def dataset(weights, offsets):
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": p}],
+                               "chosen": [{"role": "assistant", "content": c}],
                                "rejected": [{"role": "assistant", "content": r}], "weight": w, "margin_offset": o}
                               for (p, c, r), w, o in zip(PAIRS, weights, offsets)])
 
@@ -91,38 +92,31 @@ def margins_by_hand(tr, b):
 
 
 @pytest.mark.parametrize("loss", list(L.LOSSES))
-def test_each_loss_shapes_with_the_offset_and_weight_as_computed_by_hand(tiny_model_dir, tmp_path, monkeypatch, loss):
+def test_each_loss_shapes_as_computed_by_hand_and_a_zero_weight_gives_no_gradient(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch, loss):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     tr = trainer_for(tiny_model_dir, tmp_path, loss, dataset(W, O))
     assert tr.ethos_loss.name == loss and tr.loss_types == [L.LOSSES[loss].trl_type]
     b = next(iter(tr.get_train_dataloader()))
     w, o = b["ethos_weight"], b["ethos_margin_offset"]
-    loss_value = tr.compute_loss(tr.model, b)  # raises if the unshaped recomputation differs from trl's loss
+    # the offset: with o = 0 the loss is mean w·f(m) (and with w ≡ 1, trl's own loss: compute_loss checks it)
+    b0 = dict(b, ethos_margin_offset=torch.zeros(4))
+    plain = float(tr.compute_loss(tr.model, b0).detach())
+    value = tr.compute_loss(tr.model, b)
     assert len(tr.last_outputs) == (1 if loss == "simpo" else 2)  # SimPO: no reference forward at all
     m = margins_by_hand(tr, b)
     expected = float((w * hand(loss, m + o, tr.beta)).mean())
-    assert math.isclose(float(loss_value.detach()), expected, rel_tol=1e-5, abs_tol=1e-6)
-    # the offset matters: with o = 0 the loss is f(m), which differs
-    b0 = dict(b, ethos_margin_offset=torch.zeros(4))
-    plain = float(tr.compute_loss(tr.model, b0).detach())
+    assert math.isclose(float(value.detach()), expected, rel_tol=1e-5, abs_tol=1e-6)
     assert math.isclose(plain, float((w * hand(loss, m, tr.beta)).mean()), rel_tol=1e-5, abs_tol=1e-6)
     assert not math.isclose(plain, expected, rel_tol=1e-4)
-
-
-@pytest.mark.parametrize("loss", list(L.LOSSES))
-def test_a_zero_weight_gives_its_pair_zero_gradient_under_every_loss(tiny_model_dir, tmp_path, monkeypatch, loss):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    tr = trainer_for(tiny_model_dir, tmp_path, loss, dataset([0.0, 1.0, 1.0, 1.0], O))
-    b = next(iter(tr.get_train_dataloader()))
-    zero = int(b["ethos_weight"].tolist().index(0.0))
-    live = (zero + 1) % 4
-    value = tr.compute_loss(tr.model, b)
+    # weight 0: no gradient reaches that pair's chosen and rejected rows
+    zero = int(w.tolist().index(0.0))
+    live = int(w.tolist().index(2.0))
     lp = tr.last_outputs[0].log_probs
     lp.retain_grad()
     value.backward()
-    g = lp.grad
-    assert float(g[zero].abs().sum()) == 0.0 and float(g[zero + 4].abs().sum()) == 0.0  # its chosen and rejected rows
-    assert float(g[live].abs().sum()) > 0.0
+    assert float(lp.grad[zero].abs().sum()) == 0.0 and float(lp.grad[zero + 4].abs().sum()) == 0.0
+    assert float(lp.grad[live].abs().sum()) > 0.0
 
 
 def test_losses_ethos_cannot_shape_are_refused_with_the_reason_and_the_list():
