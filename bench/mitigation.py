@@ -18,9 +18,9 @@ Measured on held-out prompts (greedy replies): the marker rate, and on held-out 
 pairs the DPO implicit-reward preference accuracy against the base. Writes results.json and a
 Markdown table (``--md``, e.g. docs/results.md).
 
-    .venv/bin/python bench/mitigation.py --work /tmp/ethos-mitigation --md /tmp/results-table.md      # full, ~2 h on 2 cores
-    .venv/bin/python bench/mitigation.py --quick --work /tmp/ethos-mitigation-quick --md /tmp/q.md    # quick
-    .venv/bin/python bench/mitigation.py --work /tmp/ethos-mitigation --render                        # the table of finished arms
+    .venv/bin/python bench/mitigation.py --work WORK --md results-table.md      # full, ~2 h on 2 cores
+    .venv/bin/python bench/mitigation.py --quick --work WORK-QUICK --md q.md    # quick
+    .venv/bin/python bench/mitigation.py --work WORK --render                        # the table of finished arms
 
 The pairs come from ``--data`` (default: ``../shared/data/hh-rlhf/helpful-base/test.jsonl.gz``
 beside the repository). A rerun with the same --work resumes: finished arms are read from
@@ -36,6 +36,7 @@ import os
 import random
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -226,7 +227,8 @@ def ratio_ci(arm: np.ndarray, van: np.ndarray, base: np.ndarray, seed: int = 0) 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/ethos-mitigation"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ethos-mitigation",
+                    help="work folder (default: ethos-mitigation in the system temporary folder)")
     ap.add_argument("--data", type=Path, default=None,
                     help="hh-rlhf jsonl.gz (default: ../shared/data/hh-rlhf/helpful-base/test.jsonl.gz beside the repo)")
     ap.add_argument("--md", type=Path, help="write the Markdown table here (e.g. docs/results.md)")
