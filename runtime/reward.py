@@ -129,10 +129,12 @@ def reward_config(settings: TrainSettings, output_dir: Path) -> RewardConfig:
 
 
 def load_reward_model(name_or_path: str | Path, *, dtype: torch.dtype | None = None,
-                      device: torch.device | str | None = None) -> tuple[Any, Any, str]:
+                      device: torch.device | str | None = None, zero_head: bool = False) -> tuple[Any, Any, str]:
     """``(model, tokenizer, fingerprint)``: the model's decoder with a fresh scalar head
     (``AutoModelForSequenceClassification``, ``num_labels=1``; seed before calling for a
-    reproducible head), its pad token set, on ``device``."""
+    reproducible head), its pad token set, on ``device``. ``zero_head``: the head starts at
+    zero, so every reply's reward starts at 0 and every dependence of the reward on a concept is
+    learned from the data (``ethos train --reward-model`` does this)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -155,6 +157,10 @@ def load_reward_model(name_or_path: str | Path, *, dtype: torch.dtype | None = N
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if zero_head:
+        with torch.no_grad():
+            for p in model.score.parameters():
+                p.zero_()
     model.to(device).eval()
     return model, tokenizer, model_fingerprint(folder)
 

@@ -209,7 +209,7 @@ def run_training(plan: Plan, config: dict[str, Any], table: Any, apply_dir: Path
     if s.reward_model:
         from . import reward as R
 
-        model, tokenizer, fingerprint = R.load_reward_model(name, dtype=torch.float32)
+        model, tokenizer, fingerprint = R.load_reward_model(name, dtype=torch.float32, zero_head=True)
     else:
         model, tokenizer, fingerprint = load_model(name, dtype=torch.float32)
     layer = check_layer(model.config, config.get("layer") if config.get("layer") is not None else plan.model.layer)

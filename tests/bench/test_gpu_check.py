@@ -19,8 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(3600)
 def test_gpu_check_tiny_passes_every_step(tmp_path: Path) -> None:
     out = tmp_path / "gc"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ETHOS_NO_PROGRESS="1")
-    # the default model converts once into the user's ethos cache (as the featurize tests do)
+    # a cold score cache (every step computes), sharing the default model converted once into the
+    # user's ethos cache (as the featurize tests do)
+    from ethos.runtime.model import cache_root
+
+    models = cache_root() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(models, target_is_directory=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ETHOS_NO_PROGRESS="1",
+               ETHOS_CACHE=str(tmp_path / "cache"))
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu-check"), "--size", "tiny", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=3500)
     summary = json.loads((out / "summary.json").read_text())

@@ -19,6 +19,8 @@ import pytest
 
 from ethos.runtime.cli import main
 
+pytestmark = pytest.mark.slow  # the default model: minutes (deselect with -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "specs" / "examples").glob("*.ethos"))
 EXAMPLE_LIMIT = 8

@@ -121,6 +121,8 @@ def test_reward_scores_do_not_depend_on_the_batching(tiny_model_dir):
     assert one.shape == (4, 2) and one.dtype == np.float64 and np.all(np.isfinite(one))
     np.testing.assert_allclose(E.reward_scores(model, tok, pairs, batch_size=3), one, rtol=1e-4, atol=1e-5)
     assert not np.allclose(one[:, 0], one[:, 1])  # the replies get their own rewards
+    zero, tok, _ = R.load_reward_model(tiny_model_dir, dtype=torch.float32, zero_head=True)
+    assert np.all(E.reward_scores(zero, tok, pairs) == 0.0)  # what `ethos train --reward-model` starts from
 
 
 def test_reward_stats_recover_a_planted_slope():
