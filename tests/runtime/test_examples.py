@@ -30,11 +30,11 @@ README_LIMIT = 50  # refusal's α on the first 50 pairs: −1.37 [−2.65, −0.
 @pytest.fixture(scope="module")
 def example_cache(tmp_path_factory):
     """A fresh ethos cache for this module. The default model's converted folder is copied from
-    the user's cache when it is there (read only; it saves the ~20 s conversion), else converted."""
+    the test run's cache when it is there (read only; it saves the ~20 s conversion), else converted."""
     cache = tmp_path_factory.mktemp("ethos-cache")
-    from ethos.runtime.model import DEFAULT_MODEL
+    from ethos.runtime.model import DEFAULT_MODEL, cache_root
 
-    converted = Path.home() / ".cache" / "ethos" / "models" / DEFAULT_MODEL
+    converted = cache_root() / "models" / DEFAULT_MODEL
     if (converted / "config.json").is_file():
         shutil.copytree(converted, cache / "models" / DEFAULT_MODEL)
     return cache
