@@ -251,6 +251,33 @@ def test_sae_activation_store_reads_the_device(tmp_path: Path, meta_runtime, on_
     assert (tmp_path / "acts" / "acts.bin").stat().st_size == store.n * store.d * 2
 
 
+def _chats(n: int = 5) -> list:
+    return [([{"role": "user", "content": p.prompt[0].content}], p.chosen, p.rejected) for p in _pairs(n)]
+
+
+def test_evaluate_heldout_log_probs_on_the_models_device(tiny_model_dir: Path, on_meta) -> None:
+    """``ethos evaluate``'s preference accuracy reads summed reply log-probs of the trained and the
+    base model wherever they are; one host copy per batch."""
+    from ethos.runtime.evaluate import sequence_logps
+
+    model, tok, _ = load_model(tiny_model_dir, dtype=torch.float32, device="cpu")
+    model.set_attn_implementation("eager")
+    logps = sequence_logps(model.to(META), tok, _chats(5), batch_size=2)
+    assert isinstance(logps, np.ndarray) and logps.shape == (5, 2) and np.isfinite(logps).all()
+    assert len(on_meta) == 5  # 10 sequences in batches of 2: to_numpy once per batch, nothing else crossed
+
+
+def test_reward_model_scores_on_the_models_device(tiny_model_dir: Path, on_meta) -> None:
+    """The reward model's held-out scores (``ethos evaluate`` of a ``--reward-model`` run)."""
+    from ethos.runtime.evaluate import reward_scores
+    from ethos.runtime.reward import load_reward_model
+
+    model, tok, _ = load_reward_model(tiny_model_dir, dtype=torch.float32, device="cpu")
+    model.set_attn_implementation("eager")
+    scores = reward_scores(model.to(META), tok, _chats(4), batch_size=4)
+    assert isinstance(scores, np.ndarray) and scores.shape == (4, 2) and len(on_meta) == 2
+
+
 def test_featurize_with_the_model_on_the_meta_device(tmp_path: Path, tiny_model_dir: Path, tiny_sae_dir: Path,
                                                       meta_runtime, on_meta, monkeypatch: pytest.MonkeyPatch) -> None:
     """featurize end to end (a probe and a features concept) while the model sits on meta."""
