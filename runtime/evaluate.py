@@ -32,7 +32,8 @@ self-contained ``evaluate.html`` with the report templates (:func:`ethos.runtime
 a forest plot of each concept's shift (sd units, 95% CI) per model, the table of shifts, the
 predicted-vs-measured comparison (with a scatter plot), the preference accuracy when a model's
 entry carries one (``"preference"``: :func:`preference_accuracy`'s ``accuracy``, ``margin``,
-``n``), and the first greedy generations of base and model, escaped.
+``n``), the first greedy generations of base and model, escaped, and a table per reward model
+(accuracy, and each concept's slope beside the prediction k·α).
 """
 
 from __future__ import annotations

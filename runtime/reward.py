@@ -21,7 +21,9 @@ How it hooks into trl 1.16 (``tests/runtime/test_reward.py`` guards it):
   rewards trl's forward returned; every step checks the recomputed unweighted loss equals trl's.
 - ``training_step`` (public, via the mixin) arms the activation hooks.
 - ``_set_signature_columns_if_needed`` (private; guarded) keeps the per-pair columns; the collator
-  is :class:`RewardCollator`, a subclass of trl's reward ``DataCollatorForPreference``.
+  is :class:`RewardCollator`, a subclass of trl's reward ``DataCollatorForPreference`` (both
+  through the DPO trainer's mixins, :class:`ethos.runtime.trainer.PairColumns` and
+  :class:`ethos.runtime.trainer.PairTensors`).
 """
 
 from __future__ import annotations
@@ -40,32 +42,25 @@ from .settings import TrainSettings
 from .trainer import (
     BATCH_OFFSET,
     BATCH_WEIGHT,
-    OFFSET_COLUMN,
-    TRL_SERIES,
-    WEIGHT_COLUMN,
     ActivationHooks,
     ActivationRule,
+    PairColumns,
+    PairTensors,
     TrainerError,
+    check_recomputed,
     check_trl,
     lora_config,
     quiet,
     trainer_args,
 )
 
+
 @dataclasses.dataclass
-class RewardCollator(RewardDataCollator):
+class RewardCollator(PairTensors, RewardDataCollator):
     """trl's reward collator, plus each pair's weight and margin offset (defaults 1 and 0)."""
 
-    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        out = super().torch_call(examples)
-        out[BATCH_WEIGHT] = torch.tensor([1.0 if e.get(WEIGHT_COLUMN) is None else float(e[WEIGHT_COLUMN])
-                                          for e in examples], dtype=torch.float32)
-        out[BATCH_OFFSET] = torch.tensor([float(e.get(OFFSET_COLUMN) or 0.0) for e in examples],
-                                         dtype=torch.float32)
-        return out
 
-
-class ShapedRewardTrainer(ActivationHooks, RewardTrainer):
+class ShapedRewardTrainer(PairColumns, ActivationHooks, RewardTrainer):
     """``RewardTrainer`` with a plan's per-pair weights, margin offsets, ablation and steering."""
 
     def __init__(self, *args: Any, rules: Sequence[ActivationRule] = (), layer: int | None = None, **kwargs: Any):
@@ -77,17 +72,9 @@ class ShapedRewardTrainer(ActivationHooks, RewardTrainer):
         super().__init__(*args, **kwargs)
         if self.args.center_rewards_coefficient:
             raise TrainerError("ethos shapes the plain Bradley–Terry reward loss (no center_rewards_coefficient)")
-        if type(self.data_collator) is RewardDataCollator:
-            self.data_collator = RewardCollator(**{f.name: getattr(self.data_collator, f.name)
-                                                   for f in dataclasses.fields(RewardDataCollator)})
+        self._use_collator(RewardDataCollator, RewardCollator)
         self._handles = []
         self._install_rules(rules, layer)
-
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        for col in (WEIGHT_COLUMN, OFFSET_COLUMN):
-            if col not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, col]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -103,10 +90,7 @@ class ShapedRewardTrainer(ActivationHooks, RewardTrainer):
         margin = inputs.get("margin")
         diff = chosen - rejected - margin if margin is not None else chosen - rejected
         per_pair = -F.logsigmoid(diff)
-        if not torch.allclose(per_pair.mean().detach().float(), trl_loss.detach().float(), rtol=1e-4, atol=1e-5):
-            raise RuntimeError(f"ethos's recomputed reward loss {float(per_pair.mean()):.6f} differs from trl's "
-                               f"{float(trl_loss):.6f}: trl {TRL_SERIES}'s RewardTrainer changed; update "
-                               "ethos.runtime.reward")
+        check_recomputed(per_pair, trl_loss, "reward loss", "ethos.runtime.reward")
         n = per_pair.shape[0]
         w = weight.to(per_pair) if weight is not None else torch.ones(n, dtype=per_pair.dtype, device=per_pair.device)
         loss = (w * per_pair).mean()
@@ -124,8 +108,31 @@ class ShapedRewardTrainer(ActivationHooks, RewardTrainer):
 
 
 def reward_config(settings: TrainSettings, output_dir: Path) -> RewardConfig:
+    """trl's RewardConfig for ``settings``. Its ``max_length`` is None: trl would *drop* the pairs
+    longer than that, which undoes the plan's weights (they balance the concepts over all pairs);
+    ethos truncates them instead (:func:`tokenized`), as DPO's collator does."""
     s = settings.resolved()
-    return RewardConfig(**trainer_args(s, output_dir), disable_dropout=True, **dict(s.extra))
+    return RewardConfig(**{**trainer_args(s, output_dir), "max_length": None}, disable_dropout=True, **dict(s.extra))
+
+
+def tokenized(dataset: Any, tokenizer: Any, max_length: int | None) -> tuple[Any, int]:
+    """The dataset with trl's ``chosen_ids``/``rejected_ids`` (the chat template over prompt +
+    reply, as trl's RewardTrainer tokenises), each cut to its first ``max_length`` tokens; and
+    how many pairs were cut. trl skips its own tokenisation for a dataset that has these columns."""
+    def encode(row: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for side in ("chosen", "rejected"):
+            ids = tokenizer.apply_chat_template([*row["prompt"], *row[side]], tokenize=True,
+                                                return_dict=True)["input_ids"]
+            out[f"{side}_ids"] = list(ids)
+        out["ethos_cut"] = bool(max_length) and max(len(out["chosen_ids"]), len(out["rejected_ids"])) > max_length
+        if max_length:
+            out["chosen_ids"], out["rejected_ids"] = out["chosen_ids"][:max_length], out["rejected_ids"][:max_length]
+        return out
+
+    data = dataset.map(encode)
+    cut = int(sum(data["ethos_cut"]))
+    return data.remove_columns(["ethos_cut"]), cut
 
 
 def load_reward_model(name_or_path: str | Path, *, dtype: torch.dtype | None = None,
@@ -168,12 +175,19 @@ def load_reward_model(name_or_path: str | Path, *, dtype: torch.dtype | None = N
 def build_reward_trainer(model: Any, tokenizer: Any, dataset: Any, settings: TrainSettings, *, out: Path,
                          layer: int | None = None, rules: Sequence[ActivationRule] = (),
                          callbacks: Sequence[Any] = ()) -> ShapedRewardTrainer:
-    """A :class:`ShapedRewardTrainer` writing its checkpoints to ``out``. Pairs longer than
-    ``max_length`` tokens are left out by trl (``len(trainer.train_dataset)`` counts the rest)."""
+    """A :class:`ShapedRewardTrainer` writing its checkpoints to ``out``. Every pair is trained
+    on; one longer than ``max_length`` tokens is cut to its first ``max_length`` tokens
+    (``trainer.pairs_cut`` counts them)."""
     s = settings.resolved()
-    return quiet(ShapedRewardTrainer(model, args=reward_config(s, Path(out)), train_dataset=dataset,
-                                     processing_class=tokenizer, callbacks=list(callbacks), rules=rules, layer=layer,
-                                     peft_config=lora_config(s.lora_r, task_type="SEQ_CLS") if s.lora else None))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    data, cut = tokenized(dataset, tokenizer, s.max_length)
+    trainer = quiet(ShapedRewardTrainer(model, args=reward_config(s, Path(out)), train_dataset=data,
+                                        processing_class=tokenizer, callbacks=list(callbacks), rules=rules,
+                                        layer=layer,
+                                        peft_config=lora_config(s.lora_r, task_type="SEQ_CLS") if s.lora else None))
+    trainer.pairs_cut = cut
+    return trainer
 
 
 def load_trained(folder: Path, record: Mapping[str, Any], base: str | None = None) -> tuple[Any, Any]:

@@ -37,7 +37,8 @@ loudly if trl changes these):
   ``precompute_ref_log_probs`` on, so trl runs no reference forward at all.
 - ``_set_signature_columns_if_needed`` (private; guarded) keeps the per-pair columns, and the
   collator is replaced by :class:`ShapingCollator`, a subclass of trl's
-  ``DataCollatorForPreference`` that carries them to ``compute_loss``.
+  ``DataCollatorForPreference`` that carries them to ``compute_loss`` (both through mixins,
+  :class:`PairColumns` and :class:`PairTensors`, that the reward-model trainer shares).
 """
 
 from __future__ import annotations
@@ -169,12 +170,12 @@ def rule_concepts(plan: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The collator
+# The collator and the per-pair columns (shared with the reward-model trainer)
 
 
-@dataclass
-class ShapingCollator(DataCollatorForPreference):
-    """trl's preference collator, plus each pair's weight and margin offset (defaults 1 and 0)."""
+class PairTensors:
+    """Mixin for a trl preference collator: each pair's weight and margin offset (defaults 1 and
+    0) as the batch tensors ``BATCH_WEIGHT`` and ``BATCH_OFFSET``."""
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         out = super().torch_call(examples)
@@ -183,6 +184,30 @@ class ShapingCollator(DataCollatorForPreference):
         out[BATCH_OFFSET] = torch.tensor([float(e.get(OFFSET_COLUMN) or 0.0) for e in examples],
                                          dtype=torch.float32)
         return out
+
+
+@dataclass
+class ShapingCollator(PairTensors, DataCollatorForPreference):
+    """trl's preference collator, plus each pair's weight and margin offset (defaults 1 and 0)."""
+
+
+class PairColumns:
+    """Mixin for a trl trainer: the per-pair weight and offset columns reach the collator (trl
+    drops the dataset columns it does not use: ``_set_signature_columns_if_needed``, private,
+    guarded by the tests), and :meth:`_use_collator` swaps trl's collator for ethos's subclass."""
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        for col in (WEIGHT_COLUMN, OFFSET_COLUMN):
+            if col not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, col]
+
+    def _use_collator(self, trl_collator: type, shaped: type) -> None:
+        """``shaped`` (a :class:`PairTensors` subclass of ``trl_collator``) in place of trl's own
+        ``trl_collator``, with the same settings; a collator the caller passed is kept."""
+        if type(self.data_collator) is trl_collator:
+            self.data_collator = shaped(**{f.name: getattr(self.data_collator, f.name)
+                                           for f in dataclasses.fields(trl_collator)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +289,14 @@ class ActivationHooks:
             self._armed = False
 
 
+def check_recomputed(per_pair: torch.Tensor, trl_loss: torch.Tensor, what: str, module: str) -> None:
+    """Raise when the mean of ethos's recomputed unshaped per-pair loss differs from the loss trl
+    returned: trl's loss changed under ethos, and ``module`` must follow it."""
+    if not torch.allclose(per_pair.mean().detach().float(), trl_loss.detach().float(), rtol=1e-4, atol=1e-5):
+        raise RuntimeError(f"ethos's recomputed {what} {float(per_pair.mean()):.6f} differs from trl's "
+                           f"{float(trl_loss):.6f}: trl {TRL_SERIES}'s loss changed; update {module}")
+
+
 def check_trl() -> None:
     import trl
 
@@ -275,7 +308,7 @@ def check_trl() -> None:
 # The DPO trainer
 
 
-class ShapedDPOTrainer(ActivationHooks, DPOTrainer):
+class ShapedDPOTrainer(PairColumns, ActivationHooks, DPOTrainer):
     """``DPOTrainer`` with a plan's per-pair weights, margin offsets and activation rules, for any
     loss of :data:`ethos.runtime.losses.LOSSES` (``loss``; its trl loss type must be the
     config's ``loss_type``)."""
@@ -295,9 +328,7 @@ class ShapedDPOTrainer(ActivationHooks, DPOTrainer):
                                "reverse KL, no ld_alpha, no WPO weighting")
         if info.reference_free and not self.precompute_ref_logps:
             raise TrainerError(f"--loss {info.name} is reference-free: it needs precompute_ref_log_probs=True")
-        if type(self.data_collator) is DataCollatorForPreference:
-            self.data_collator = ShapingCollator(**{f.name: getattr(self.data_collator, f.name)
-                                                    for f in dataclasses.fields(DataCollatorForPreference)})
+        self._use_collator(DataCollatorForPreference, ShapingCollator)
         self._captured: list[Any] = []
         self._capturing = False
         self.last_outputs: list[Any] = []  # the captured forward outputs of the last compute_loss (tests)
@@ -305,13 +336,6 @@ class ShapedDPOTrainer(ActivationHooks, DPOTrainer):
         if self.ref_model is not None:
             self._handles.append(self.ref_model.register_forward_hook(self._capture_hook, with_kwargs=True))
         self._install_rules(rules, layer)
-
-    # -- trl's column handling (private, guarded by a test) ------------------------------------
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        for col in (WEIGHT_COLUMN, OFFSET_COLUMN):
-            if col not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, col]
 
     # -- hooks ---------------------------------------------------------------------------------
     def _capture_hook(self, module, args, kwargs, output):
@@ -360,10 +384,7 @@ class ShapedDPOTrainer(ActivationHooks, DPOTrainer):
         kw = dict(beta=self.beta, label_smoothing=self.label_smoothing,
                   discopop_tau=getattr(self.args, "discopop_tau", 0.05))
         trl_plain = L.per_pair(info, h, **kw)  # what trl computed (SimPO: with γ = 0)
-        if not torch.allclose(trl_plain.mean().detach().float(), trl_loss.detach().float(), rtol=1e-4, atol=1e-5):
-            raise RuntimeError(f"ethos's recomputed {info.trl_type} loss {float(trl_plain.mean()):.6f} differs from "
-                               f"trl's {float(trl_loss):.6f}: trl {TRL_SERIES}'s loss changed; "
-                               "update ethos.runtime.trainer")
+        check_recomputed(trl_plain, trl_loss, f"{info.trl_type} loss", "ethos.runtime.trainer")
         n = h.shape[0]
         w = weight.to(h) if weight is not None else torch.ones(n, dtype=h.dtype, device=h.device)
         o = offset.to(h) if offset is not None else torch.zeros(n, dtype=h.dtype, device=h.device)

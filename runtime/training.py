@@ -239,6 +239,10 @@ def run_training(plan: Plan, config: dict[str, Any], table: Any, apply_dir: Path
     rows_trained = len(trainer.train_dataset)
     if rows_trained == 0:
         raise T.TrainerError(f"no pair fits in --max-length {s.max_length} tokens")
+    cut = getattr(trainer, "pairs_cut", None)
+    if cut:
+        say(f"{cut} of {rows_trained} pairs are longer than --max-length {s.max_length} tokens: trained on their "
+            f"first {s.max_length} tokens")
     t0 = time.perf_counter()
     with stage("train", total=s.steps, unit="steps", enabled=s.progress) as bar:
         trainer.add_callback(_progress_callback(bar))
@@ -268,7 +272,8 @@ def run_training(plan: Plan, config: dict[str, Any], table: Any, apply_dir: Path
         "settings": s.record(len(dataset)),
         "result": {"training_loss": sum(float(r["loss"]) for r in steps_logged) / len(steps_logged),
                    "seconds": seconds, "seconds_per_step": seconds / max(1, s.steps), "last": steps_logged[-1],
-                   "rows_trained": rows_trained, "resumed_from": start[0] if start else None},
+                   "rows_trained": rows_trained, "resumed_from": start[0] if start else None,
+                   **({"pairs_cut": cut} if cut is not None else {})},
     }
     atomic_write_text(out / "plan.json", dump_plan(plan))
     text = json.dumps(record, indent=2, default=float)

@@ -72,6 +72,11 @@ def evaluate_context(doc: Mapping[str, Any], *, title: str | None = None) -> dic
         "concepts": names,
         "models": models,
         "overview": overview,
+        "reward_models": [{**m, "label": m.get("name") or m.get("path"),
+                           "concepts": [{**r, "ci": r.get("ci") or [None, None],
+                                         "marginal_ci": r.get("marginal_ci") or [None, None]}
+                                        for r in m.get("concepts", [])]}
+                          for m in doc.get("reward_models") or ()],
     }
 
 

@@ -47,13 +47,13 @@ def unit(d=64, seed=1):
     return (v / v.norm())[None, :]
 
 
-def make(tiny_model_dir, tmp_path, rules=(), steps=1):
+def make(tiny_model_dir, tmp_path, rules=(), steps=1, max_length=64):
     from transformers import set_seed
 
     set_seed(0)
     model, tok, _ = R.load_reward_model(tiny_model_dir, dtype=torch.float32)
-    s = TrainSettings(lora=True, lora_r=4, steps=steps, batch_size=4, max_length=64, bf16=False, progress=False,
-                      learning_rate=1e-2, save_steps=0, reward_model=True)
+    s = TrainSettings(lora=True, lora_r=4, steps=steps, batch_size=4, max_length=max_length, bf16=False,
+                      progress=False, learning_rate=1e-2, save_steps=0, reward_model=True)
     tr = R.build_reward_trainer(model, tok, dataset(), s, out=tmp_path / "run", layer=0, rules=rules)
     tr.model.train()
     return tr
@@ -92,6 +92,22 @@ def test_reward_loss_is_weighted_with_the_offset_and_a_zero_weight_gives_no_grad
     m = tr._metrics["train"]
     assert m["ethos/margin_offset_mean"][0] == pytest.approx(sum(O) / 4)
     assert m["ethos/reward_loss"][0] == pytest.approx(float((-F.logsigmoid(rc - rr + o)).mean()), rel=1e-5)
+
+
+def test_long_pairs_are_cut_to_max_length_not_dropped(tiny_model_dir, tmp_path, monkeypatch):
+    # trl's RewardTrainer drops longer pairs, which would undo the plan's weights; ethos keeps them, cut
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    full = make(tiny_model_dir, tmp_path)
+    assert full.pairs_cut == 0 and full.args.max_length is None
+    trl_own = full._prepare_dataset(dataset(), full.processing_class, full.args, "check")  # trl's tokenisation
+    assert trl_own["chosen_ids"] == full.train_dataset["chosen_ids"]
+    assert trl_own["rejected_ids"] == full.train_dataset["rejected_ids"]
+    cut = make(tiny_model_dir, tmp_path, max_length=12)
+    assert len(cut.train_dataset) == 4 and cut.pairs_cut == 4
+    assert all(len(r["chosen_ids"]) == 12 and len(r["rejected_ids"]) == 12 for r in cut.train_dataset)
+    assert [r["chosen_ids"] for r in cut.train_dataset] == [r["chosen_ids"][:12] for r in full.train_dataset]
+    b = next(iter(cut.get_train_dataloader()))
+    assert b["input_ids"].shape == (8, 12) and sorted(b["ethos_weight"].tolist()) == sorted(W)
 
 
 def test_reward_hooks_act_only_in_training_steps_and_penalty_is_refused(tiny_model_dir, tmp_path, monkeypatch):
@@ -207,3 +223,10 @@ def test_train_a_reward_model_and_evaluate_it_from_the_command_line(tiny_model_d
     assert "2 of 6 held-out prompts are training prompts" in captured.err
     line = next(x for x in captured.err.splitlines() if x.startswith(f"reward model {out.name}: accuracy"))
     assert "on 6 held-out pairs; reward slope per sd:" in line and "; marker " in line
+    # the reports show the reward model (not "no trained model")
+    from ethos.runtime.report import render_evaluate_html, render_evaluate_markdown
+
+    md, html = render_evaluate_markdown(doc), render_evaluate_html(doc)
+    assert "No trained model was evaluated" not in md and "No trained model was evaluated" not in html
+    assert f"### {out.name}\n" in md and "## Reward models" in md and "| marker | 0 | +1.200 | +0.000 |" in md
+    assert f"<h3>{out.name}</h3>" in html and "<td class=\"text name\">hedging</td>" in html
