@@ -596,12 +596,31 @@ def _scales(info: dict[str, Any]) -> dict[str, float | None]:
     return {k: (v or {}).get("scale") for k, v in stats.items()}
 
 
+def model_factors(plan: Any, info: dict[str, Any]) -> dict[str, float]:
+    """The factors k a model was trained under, for its predictions k·α: none (every k = 1) for an
+    unshaped control (``--no-shaping``), else the plan its ``ethos train`` run saved (plan.json in
+    its folder), so models trained under different policies are each judged by their own; the
+    ``--policy`` plan's for a plain model folder or a run without a saved plan."""
+    train = info.get("train")
+    if train and not train.get("shaping", True):
+        return {}
+    saved = Path(info["path"]) / "plan.json"
+    if train and saved.is_file():
+        from ethos.compiler.plan import load_plan
+
+        try:
+            return load_plan(saved.read_bytes()).factors()
+        except Exception as e:  # noqa: BLE001 - a damaged plan.json is named, not a traceback
+            raise EvaluateError(f"{saved}: unreadable plan ({e})") from e
+    return plan.factors()
+
+
 def reward_entry(plan: Any, info: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
     """A reward model's entry of the report: :func:`reward_stats` with, per concept, the plan's
     factor k, the training data's α and the prediction k·α (a reward trained on shaped data
     should have the slope the shaped data's α has); ``shaping`` False marks an unshaped control."""
     train = info.get("train") or {}
-    factors = plan.factors() if train.get("shaping", True) else {}
+    factors = model_factors(plan, info)
     concepts = train.get("concepts") or {}
     rows = []
     for row in stats["concepts"]:
@@ -618,7 +637,6 @@ def reward_entry(plan: Any, info: dict[str, Any], stats: dict[str, Any]) -> dict
 def build_report(plan: Any, base: str, base_run: dict[str, Any] | None,
                  trained: list[tuple[dict[str, Any], dict[str, Any]]], prompts: Sequence[Any], samples: int,
                  max_new_tokens: int) -> dict[str, Any]:
-    factors = plan.factors()
     concepts = [c.name for c in plan.concepts]
     base_prompt = {k: np.nanmean(v, axis=1) for k, v in base_run["scores"].items()} if base_run else {}
     doc: dict[str, Any] = {
@@ -630,6 +648,7 @@ def build_report(plan: Any, base: str, base_run: dict[str, Any] | None,
     for info, run in trained:
         train = info.get("train", {})
         stats = train.get("concepts", {})
+        factors = model_factors(plan, info)
         rows = []
         for name in concepts:
             m = np.nanmean(run["scores"][name], axis=1)

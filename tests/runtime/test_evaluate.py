@@ -67,6 +67,36 @@ def test_report_from_scores(policy):
     assert "<h2>m</h2>" in html and "marker" in html and "hedging" in html and "<script" not in html.lower()
 
 
+def test_each_model_is_predicted_under_the_plan_it_was_trained_with(policy, tmp_path):
+    """Two runs of different policies in one ``ethos evaluate``: each model's k comes from its own
+    run's plan.json (a ``--no-shaping`` control: k = 1), not from ``--policy``."""
+    from ethos.compiler.compile import compile_source
+    from ethos.compiler.plan import dump_plan
+
+    plan = E.plan_for(str(policy))  # block marker (k = 0), keep hedging
+    other = tmp_path / "amplify"
+    other.mkdir()
+    (tmp_path / "o.ethos").write_text('policy "o";\nconcept marker = lexicon "marker.txt";\n'
+                                      "amplify concept marker by 2.0;\nkeep concept hedging;\n")
+    compiled = compile_source((tmp_path / "o.ethos").read_text(), path=str(tmp_path / "o.ethos")).plan
+    (other / "plan.json").write_text(dump_plan(compiled))
+    prompts = [[{"role": "user", "content": f"p{i}"}] for i in range(4)]
+    base = {"replies": [["a"]] * 4, "scores": {"marker": np.zeros((4, 1)), "hedging": np.zeros((4, 1))}}
+    run = {"replies": [["b"]] * 4, "scores": {"marker": np.ones((4, 1)), "hedging": np.ones((4, 1))}}
+    stats = {"concepts": {"marker": {"alpha": 1.5, "scale": 1.0}, "hedging": {"alpha": 0.2, "scale": 1.0}}}
+    models = [({"name": "amplify", "path": str(other), "train": stats}, run),
+              ({"name": "control", "path": str(tmp_path / "c"), "train": {**stats, "shaping": False}}, run),
+              ({"name": "policy", "path": str(tmp_path / "p"), "train": stats}, run)]
+    doc = E.build_report(plan, "base", base, models, prompts, 0, 8)
+    marker = {m["name"]: next(r for r in m["concepts"] if r["concept"] == "marker") for m in doc["models"]}
+    assert marker["amplify"]["factor"] == 2.0 and marker["amplify"]["predicted"] == pytest.approx(3.0)
+    assert marker["control"]["factor"] == 1.0 and marker["control"]["predicted"] == pytest.approx(1.5)
+    assert marker["policy"]["factor"] == 0.0 and marker["policy"]["predicted"] == 0.0
+    (other / "plan.json").write_text("{not json")
+    with pytest.raises(E.EvaluateError, match="plan.json"):
+        E.build_report(plan, "base", base, models[:1], prompts, 0, 8)
+
+
 def _scores_doc(policy, replies=("<script>alert(1)</script>", "fine")):
     """A report document from hand-made scores (no model), with a hostile generation."""
     plan = E.plan_for(str(policy))
