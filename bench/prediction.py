@@ -48,7 +48,6 @@ CONCEPTS = ("apology", "certainty", "emoji", "enthusiasm", "flattery", "formalit
 SHAPED = {"verbosity": "block concept verbosity;", "hedging": "amplify concept hedging by 2.0;",
           "list_heavy": "dampen concept list_heavy by 0.5;", "apology": "block concept apology;"}
 QUICK_CONCEPTS = ("apology", "hedging", "list_heavy", "sycophancy", "verbosity")  # --quick: every rule, one probe
-FACTORS = {"verbosity": 0.0, "hedging": 2.0, "list_heavy": 0.5, "apology": 0.0}  # k of each SHAPED rule
 
 
 def default_data() -> Path:
@@ -94,10 +93,11 @@ def ethos(*args: str, log: Path) -> None:
         raise SystemExit(f"ethos {args[0]} failed (exit {proc.returncode}); see {log}")
 
 
-def collect(doc: dict, model_index: int, factors: dict[str, float], vanilla: dict | None = None) -> dict:
-    """One model's predicted (k·α, with k from *its own* policy) and measured shifts (sd units, CI
-    over prompts), and their agreement across concepts. ``vanilla``: also the shift against the
-    vanilla model (predicted (k − 1)·α; difference of means, no CI)."""
+def collect(doc: dict, model_index: int, vanilla: dict | None = None) -> dict:
+    """One model's predicted (k·α; ``ethos evaluate`` takes k from the plan the model was trained
+    under) and measured shifts (sd units, CI over prompts), and their agreement across concepts.
+    ``vanilla``: also the shift against the vanilla model (predicted (k − 1)·α; difference of
+    means, no CI)."""
     from ethos.runtime.evaluate import compare_predictions
 
     rows = [r for r in doc["models"][model_index]["concepts"]
@@ -106,8 +106,8 @@ def collect(doc: dict, model_index: int, factors: dict[str, float], vanilla: dic
     van = {r["concept"]: r for r in vanilla["concepts"]} if vanilla else {}
     concepts = []
     for r in rows:
-        k = factors.get(r["concept"], 1.0)
-        entry = {"name": r["concept"], "factor": k, "alpha": r["alpha"], "predicted": k * r["alpha"],
+        k = r["factor"]
+        entry = {"name": r["concept"], "factor": k, "alpha": r["alpha"], "predicted": r["predicted"],
                  "measured": r["shift_sd"], "ci": [c / r["sd"] if math.isfinite(c) else None for c in r["ci"]],
                  "suspect": bool(r.get("suspect"))}
         if r["concept"] in van:
@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                          "batch_size": args.batch_size, "lr": args.lr, "max_new_tokens": args.max_new_tokens,
                          "seed": args.seed, "device": device(),
                          "seconds": round(time.perf_counter() - t0, 1)},
-              "vanilla": collect(doc, 0, {})}
-    result["shaped"] = collect(doc, 1, FACTORS, vanilla={"concepts": doc["models"][0]["concepts"]})
+              "vanilla": collect(doc, 0)}
+    result["shaped"] = collect(doc, 1, vanilla={"concepts": doc["models"][0]["concepts"]})
     result.update({k: result["vanilla"][k] for k in ("n", "r2", "spearman", "concepts")})
     text = json.dumps(result, indent=2)
     print(json.dumps({k: result[k] for k in ("n", "r2", "spearman")}), flush=True)
