@@ -103,8 +103,13 @@ def dry_run(policy: str | Path, data: DataSettings = DataSettings(), *, outputs:
         check_output_dir(Path(folder))
     prep = prepare(policy, data, progress=progress, command=command)
     with stage("audit and re-fit", enabled=progress):
-        outcome = shape(prep.plan, prep.table, prep.data.counts(), seed=data.seed, lenses=lens_texts(prep.plan))
+        outcome = shape(prep.plan, prep.table, prep.data.counts(), seed=data.seed, lenses=lens_texts(prep.plan),
+                        membership=prep.membership, topic_labels=prep.topic_labels)
     outcome.examples = examples(outcome, prep.data.pairs)
+    from .trace import rule_traces
+
+    with stage("trace", enabled=progress):
+        outcome.traces = rule_traces(prep.plan, prep.data.pairs, prep.table, prep.membership)
     return DryRun(prep, outcome, data)
 
 

@@ -139,6 +139,15 @@ def train_config(outcome, prep) -> dict[str, Any]:
     layer and SAE, each concept's α and scale, the interventions the trainer realises, and the
     training defaults."""
     plan = prep.plan
+    scoped = [i for i in plan.interventions if in_training(i) and i.scope is not None]
+    if scoped:  # the trainer applies hooks and loss terms to every example: it would ignore the topic
+        from .loading import PlanError
+
+        i = scoped[0]
+        raise PlanError(f"line {i.span.line}: `{i.action} concept {i.concept} via {i.protocol} when topic {i.scope}`: "
+                        f"training-time protocols (ablation, steering, penalty) are not yet limited to a topic's "
+                        f"examples by the trainer; use a data protocol (data, filter, relabel, inoculation, loss) "
+                        f"for a scoped rule, or drop the `when` clause")
     stats = {c.name: c for c in outcome.before.concepts}
     meta = prep.table.attrs.get("ethos", {})
     return {

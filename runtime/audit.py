@@ -38,10 +38,10 @@ from ethos.compiler.compile import plan_for_concepts
 from ethos.compiler.plan import Plan
 from ethos.compiler.resolve import load_library
 
-from .data import load_pairs
 from .documents import AUDIT_FORMAT, clean
 from .errors import EthosError
 from .featurize import featurize
+from .loading import load_data
 from .labels import candidate_labeler, snippet_finder, token_window_finder
 from .sae import SAEError, find_sae, load_sae, promoted_tokens, reply_latents, sae_layer, sae_runtime
 from .settings import DataSettings
@@ -125,6 +125,8 @@ class AuditResult:
     discovery: Discovery | None = None
     source: dict[str, Any] = field(default_factory=dict)
     length: dict[str, Any] | None = None  # the length covariate's own statistics (see audit_scores)
+    topics: list[dict[str, Any]] | None = None  # the topic × concept table (ethos.runtime.topics), or None
+    topic_clusters: dict[str, Any] | None = None  # the discovered clustering's lock entry (``--topics K``)
 
     @property
     def candidates(self) -> list[Candidate]:
@@ -153,6 +155,9 @@ class AuditResult:
         if self.discovery is not None:
             out["discovery"] = self.discovery.to_dict()
             out["candidates"] = [c.to_dict() for c in self.discovery.candidates]
+        if self.topics is not None:
+            out["topics"] = self.topics
+            out["topic_clusters"] = self.topic_clusters
         return clean(out)
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -531,6 +536,8 @@ def audit_dataset(
     concepts_from: str = "policy",
     validate: float | None = None,
     length: bool = True,
+    topics: int | None = None,
+    topic_features: str = "model",
 ) -> AuditResult:
     """Audit the concepts of ``plan`` on a preference dataset: what ``ethos audit`` computes.
 
@@ -551,6 +558,12 @@ def audit_dataset(
     from) are recorded in the document's ``source``, with the data, its fingerprint, the model,
     layer and SAE.
 
+    Topics (docs/topics.md): ``topics`` (K ≥ 2) splits the pairs into K discovered topics
+    ``t0`` … (a seeded k-means of the prompts over ``topic_features``: ``"model"``, the pooled
+    prompt activations, or ``"tfidf"``); they and the plan's own topic definitions get a topic ×
+    concept table (:func:`ethos.runtime.topics.topic_concept_table`) in ``result.topics`` and the
+    clustering's lock entry in ``result.topic_clusters``.
+
     Raises :class:`AuditError` (no usable pairs, no SAE for discovery, an SAE that does not fit
     the model) and the loaders' errors (DataError, LensError, ModelError, FeaturizeError), all
     :class:`~ethos.runtime.errors.EthosError`.
@@ -568,10 +581,9 @@ def audit_dataset(
             find_sae(sae_name)
         except SAEError as exc:
             raise AuditError(f"--discover needs an SAE: {exc}") from None
-    loaded = load_pairs(data.path, limit=data.limit, strict=data.strict)
-    if not loaded.pairs:
-        excluded = loaded.counts()["excluded"]
-        raise AuditError("no usable pairs in the data" + (f" ({excluded})" if excluded else ""))
+    if topics is not None and topics < 2:
+        raise AuditError(f"--topics must be at least 2, not {topics}")
+    loaded = load_data(data, "audit")
     table = featurize(plan, loaded, cache_dir=cache_dir, batch_size=data.batch_size, progress=progress, model=model)
     length_concept = next((c.name for m in LENGTH_METRICS for c in plan.concepts
                            if c.lens.kind == "metric" and c.lens.metric == m), None)
@@ -606,6 +618,12 @@ def audit_dataset(
         holdout=holdout, length=length_scores, length_concept=length_concept if length else None,
     )
     result.settings["length_covariate"] = length_setting
+    if topics or plan.topics:
+        from .topics import audit_topics
+
+        result.topics, result.topic_clusters = audit_topics(plan, loaded.pairs, table, topics, features=topic_features,
+                                                            model=model_name, seed=data.seed,
+                                                            batch_size=data.batch_size, n_boot=n_boot)
     if length_note:
         result.notes.append(length_note)
     featurized = table.attrs.get("ethos", {})

@@ -76,6 +76,29 @@ def _lens_source(concept: Any, plan: Any, draft_dir: Path | None) -> str:
     return text + (f" pool {lens.pool}" if lens.kind == "probe" else "")
 
 
+def _topic_lines(doc: Mapping[str, Any]) -> list[str]:
+    """``topic tJ = cluster J of K;`` for the topics ``ethos audit --topics K`` discovered, each with
+    its size, label and per-concept d in a comment (empty without discovered topics)."""
+    clusters = doc.get("topic_clusters")
+    if not clusters:
+        return []
+    k = clusters["k"]
+    found = {t["name"]: t for t in doc.get("topics") or []}
+    lines = [f"# Discovered topics: seeded k-means of the prompts ({clusters.get('features')} features), seed "
+             f"{clusters.get('seed')}, centroids sha256 {str(clusters.get('centroids_sha256'))[:12]}.",
+             "# Scope a rule to one with `... when topic tJ;`. `ethos plan` clusters the model's prompt activations"
+             + (" (these topics came from TF-IDF: the same numbers may name other clusters there)."
+                if clusters.get("features") != "model" else ".")]
+    for j in range(k):
+        t = found.get(f"t{j}", {})
+        cells = ", ".join(f"{c['name']} d {est_ci(c.get('d'), c.get('d_ci'))} q {pval(c.get('q'))}"
+                          for c in t.get("concepts", []))
+        lines.append(f"# t{j}: {t.get('n_pairs')} pairs, {_comment(t.get('label') or 'no distinctive words')}"
+                     + (f"; {_comment(cells)}" if cells else ""))
+        lines.append(f"topic t{j} = cluster {j} of {k};")
+    return lines + [""]
+
+
 def draft_policy(doc: Mapping[str, Any], plan: Any = None, *, draft_path: Path | None = None, name: str = "draft") -> str:
     """A policy with a decision line (``keep``) for every audited concept and every discovered
     candidate, each preceded by a comment with its statistics (and, for candidates, labels).
@@ -102,6 +125,7 @@ def draft_policy(doc: Mapping[str, Any], plan: Any = None, *, draft_path: Path |
         lines.append(f'sae "{sae}";')
     if lines[-1] != "":
         lines.append("")
+    lines += _topic_lines(doc)
     defined = {c.name: c for c in plan.concepts if c.origin == "policy"} if plan is not None else {}
     draft_dir = draft_path.parent if draft_path is not None else None
     for c in concepts_by_share(doc.get("concepts", [])):

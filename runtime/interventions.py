@@ -55,13 +55,15 @@ g_c − α_c (= (k_c − 1)·α_c for a factor rule), so both kinds go through t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import log_expit
 
 from ethos.compiler.plan import Plan
+
+from .errors import EthosError
 
 REWEIGHT_TOLERANCE = 0.05  # |w − 1| below this counts as kept
 
@@ -123,8 +125,10 @@ def resolved_factor(i, alpha_c: float) -> float | None:
 
 
 def rule_text(i) -> str:
-    """How the accounting and the reports name a rule: ``line 3: block concept v via filter``."""
-    return f"line {i.span.line}: {i.action} concept {i.concept} via {i.protocol}"
+    """How the accounting and the reports name a rule: ``line 3: block concept v via filter``
+    (``… when topic t`` for a scoped rule)."""
+    scope = getattr(i, "scope", None)
+    return f"line {i.span.line}: {i.action} concept {i.concept} via {i.protocol}" + (f" when topic {scope}" if scope else "")
 
 
 def in_training(i) -> bool:
@@ -142,6 +146,66 @@ def simulated(i) -> bool:
     return i.shapes_data or (i.stage == "loss" and not in_training(i))
 
 
+
+def _effect(plan: Plan, concept: str, scope: str | None) -> tuple:
+    """What the rules of ``concept`` in ``scope`` do (a keep is its own effect): equal effects never conflict."""
+    rules = [i for i in plan.interventions if i.concept == concept and i.scope == scope]
+    if rules:
+        return tuple(sorted((i.protocol, i.action, str(i.factor), str(i.direction), str(i.size)) for i in rules))
+    return ("keep",)
+
+
+def scope_masks(plan: Plan, scopes: Mapping[str, np.ndarray], n: int) -> dict[tuple[str, str | None], np.ndarray]:
+    """Per (concept, scope) of the plan's rules (interventions and keeps), the pairs that scope's
+    rules decide for that concept (docs/language.md § Topics and scoped rules): a scoped rule holds
+    for its topic's pairs, less those of a topic inside it (on this data) that has its own rule for
+    the concept (the smaller scope wins); an unscoped rule for the pairs in no such topic. A pair in
+    two topics, neither inside the other, whose rules give the concept different effects is an
+    error (:class:`ScopeConflict`). ``scopes``: the membership masks of every topic a rule names."""
+    keys = list(dict.fromkeys([(i.concept, i.scope) for i in plan.interventions]
+                              + [(k.concept, k.scope) for k in plan.keeps]))
+    missing = sorted({s for _, s in keys if s is not None and s not in scopes})
+    if missing:
+        raise ScopeConflict(f"no membership for topic(s) {', '.join(missing)}")
+    m = {t: np.asarray(scopes[t], dtype=bool) for t in {s for _, s in keys if s is not None}}
+    out: dict[tuple[str, str | None], np.ndarray] = {}
+    for concept in dict.fromkeys(c for c, _ in keys):
+        topics = [s for c, s in keys if c == concept and s is not None]
+        for t in topics:
+            mask = m[t].copy()
+            for u in topics:
+                if u == t:
+                    continue
+                both = m[t] & m[u]
+                if not both.any():
+                    continue
+                u_inside_t = not (m[u] & ~m[t]).any()
+                t_inside_u = not (m[t] & ~m[u]).any()
+                if u_inside_t and not t_inside_u:
+                    mask &= ~m[u]  # the smaller topic's rule wins there
+                elif t_inside_u and not u_inside_t:
+                    continue
+                elif _effect(plan, concept, t) != _effect(plan, concept, u):
+                    a, b = sorted((t, u))
+                    raise ScopeConflict(
+                        f"concept '{concept}': {int(both.sum())} pair(s) are in topics {a} and {b}, whose rules give "
+                        f"it different effects, and neither topic lies inside the other on this data; give the "
+                        f"pairs in both one rule (a topic of their own) or make one topic a subset of the other")
+                elif u < t:  # equal effects on the same pairs: the first topic by name decides them
+                    mask &= ~m[u]
+            out[(concept, t)] = mask
+        if (concept, None) in keys:
+            covered = np.zeros(n, dtype=bool)
+            for t in topics:
+                covered |= m[t]
+            out[(concept, None)] = ~covered
+    return out
+
+
+class ScopeConflict(EthosError):
+    """A pair in two topics whose rules give one concept different effects (neither topic inside the other)."""
+
+
 def simulate(
     plan: Plan,
     names: list[str],
@@ -154,6 +218,8 @@ def simulate(
     calibrate: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     calibrate_steps: int = 4,
     calibrate_tol: float = 1e-3,
+    scopes: Mapping[str, np.ndarray] | None = None,
+    topic_alpha: Mapping[str, np.ndarray] | None = None,
 ) -> Simulation:
     """Apply ``plan``'s data and loss protocols to pairs with standardised differences ``z``
     (n × C, columns ``names``) under the audit's coefficients ``alpha`` (C,). ``delta`` (raw
@@ -164,13 +230,35 @@ def simulate(
     and real score differences are heavy-tailed, so the weighted re-fit can miss k·α. Then the
     shift's coefficients are corrected by the miss (s ← s + (k·α − α′)) and the weights
     recomputed, up to ``calibrate_steps`` times, until every data concept is within
-    ``calibrate_tol`` of its target."""
+    ``calibrate_tol`` of its target.
+
+    Scoped rules (``when topic T``): ``scopes`` gives each named topic's membership mask and
+    ``topic_alpha`` its coefficients (C,) from the joint fit within the topic. A rule acts only on
+    the pairs :func:`scope_masks` gives it, with the goal k·α_T of its topic; those pairs' η uses
+    α_T for the concept; the calibration of a scoped ``data`` rule re-fits within its topic (the
+    weights of the other pairs set to 0). ``data`` weights are normalised to mean 1 over the pairs
+    some data rule acts on; the others keep weight 1."""
     n, _ = z.shape
     col = {name: j for j, name in enumerate(names)}
     alpha = np.nan_to_num(np.asarray(alpha, dtype=float))
     z = np.nan_to_num(np.asarray(z, dtype=float))
     delta = z if delta is None else np.nan_to_num(np.asarray(delta, dtype=float))
     notes: list[str] = []
+    masks = scope_masks(plan, scopes or {}, n)
+    a_pair = np.tile(alpha, (n, 1))  # per pair, the coefficients its η uses (α_T where a topic's rule decides)
+    for (concept, scope), mask in masks.items():
+        if scope is not None and concept in col:
+            a_t = np.nan_to_num(np.asarray((topic_alpha or {}).get(scope, alpha), dtype=float))
+            a_pair[mask, col[concept]] = a_t[col[concept]]
+
+    def a_of(r) -> float:
+        """The data's coefficient for rule ``r``'s concept in its scope."""
+        if r.scope is None:
+            return float(alpha[col[r.concept]])
+        return float(np.nan_to_num(np.asarray((topic_alpha or {}).get(r.scope, alpha), dtype=float))[col[r.concept]])
+
+    def m_of(r) -> np.ndarray:
+        return masks.get((r.concept, r.scope), np.ones(n, dtype=bool))
 
     by_protocol: dict[str, list] = {}
     for i in plan.interventions:
@@ -188,16 +276,19 @@ def simulate(
                          f"only what the data rules leave")
 
     def gap(r) -> float:
-        """g − α of rule ``r``'s concept: (k − 1)·α for a factor rule."""
-        a = alpha[col[r.concept]]
+        """g − α of rule ``r``'s concept (in its scope): (k − 1)·α for a factor rule."""
+        a = a_of(r)
         return goal(r, a) - a
 
+    def once(rules) -> list:
+        """The rules with one per (concept, scope)."""
+        return list({(r.concept, r.scope): r for r in reversed(rules)}.values())[::-1]
+
     def shift(rules) -> np.ndarray:
-        """Σ_c (g_c − α_c) z_ic over the rules' concepts (each concept once)."""
+        """Σ_c (g_c − α_c) z_ic over the rules' concepts (each concept once per scope), each on its pairs."""
         out = np.zeros(n)
-        for concept in dict.fromkeys(r.concept for r in rules):
-            r = next(r for r in rules if r.concept == concept)
-            out += gap(r) * z[:, col[concept]]
+        for r in once(rules):
+            out += gap(r) * z[:, col[r.concept]] * m_of(r)
         return out
 
     def main_rule(rules, contributions: np.ndarray) -> np.ndarray:
@@ -208,11 +299,11 @@ def simulate(
         return ids[np.argmax(np.abs(contributions), axis=1)]
 
     def contributions(rules) -> np.ndarray:
-        return np.stack([gap(r) * z[:, col[r.concept]] for r in rules], axis=1)
+        return np.stack([gap(r) * z[:, col[r.concept]] * m_of(r) for r in rules], axis=1)
 
     sign = np.ones(n)
     decided = np.full(n, "", dtype=object)
-    eta = z @ alpha
+    eta = np.sum(z * a_pair, axis=1)
 
     # relabel
     swapped = np.zeros(n, dtype=bool)
@@ -224,7 +315,7 @@ def simulate(
         sign[swapped] = -1.0
         z = z * sign[:, None]
         delta = delta * sign[:, None]
-        eta = z @ alpha
+        eta = np.sum(z * a_pair, axis=1)
         decided[swapped] = main_rule(rules, contributions(rules))[swapped]
 
     # filter
@@ -234,8 +325,8 @@ def simulate(
         # drops realise the goals that shrink or flip α (factors below 1), duplicates those that
         # grow it (above 1); never both from one rule, so that m(z) / m(−z) = e^{η′−η} holds (a
         # dropping rule must not duplicate the mirror pair)
-        drop_rules = [r for r in rules if gap(r) * alpha[col[r.concept]] < 0]
-        dup_rules = [r for r in rules if gap(r) * alpha[col[r.concept]] >= 0 and gap(r) != 0]
+        drop_rules = [r for r in rules if gap(r) * a_of(r) < 0]
+        dup_rules = [r for r in rules if gap(r) * a_of(r) >= 0 and gap(r) != 0]
         keep_p = np.exp(np.minimum(shift(drop_rules), 0.0)) if drop_rules else np.ones(n)
         copies = np.exp(np.clip(shift(dup_rules), 0.0, 50.0)) if dup_rules else np.ones(n)
         u_drop, u_dup = _uniform(seed, "filter-drop", n), _uniform(seed, "filter-dup", n)
@@ -249,21 +340,28 @@ def simulate(
     rules = by_protocol.get("data", [])
     if rules:
         live = multiplicity > 0
-        concepts = list(dict.fromkeys(r.concept for r in rules))
-        cols = [col[c] for c in concepts]
-        target = np.array([goal(next(r for r in rules if r.concept == c), alpha[col[c]]) for c in concepts])
-        shift_coef = target - alpha[cols]  # g − α: the exact ratio under the fitted model
+        groups = once(rules)  # one per (concept, scope): its own column z_c · mask and goal
+        zg = np.stack([z[:, col[r.concept]] * m_of(r) for r in groups], axis=1)
+        target = np.array([goal(r, a_of(r)) for r in groups])
+        shift_coef = target - np.array([a_of(r) for r in groups])  # g − α: the exact ratio under the fitted model
+        touched = np.any([m_of(r) for r in groups], axis=0)  # scoped rules: the other pairs keep weight 1
         for _ in range(max(1, calibrate_steps + 1)):
-            log_w = log_expit(eta + z[:, cols] @ shift_coef) - log_expit(eta)
-            w = _clip_normalise(np.exp(log_w), live, multiplicity, clip)
+            log_w = log_expit(eta + zg @ shift_coef) - log_expit(eta)
+            w = np.ones(n)
+            w[touched] = _clip_normalise(np.exp(log_w)[touched], live[touched], multiplicity[touched], clip)
             if calibrate is None or calibrate_steps == 0:
                 break
-            fitted = np.asarray(calibrate(z, w * multiplicity), dtype=float)[cols]
+            fits: dict[str | None, np.ndarray] = {}
+            for scope in dict.fromkeys(r.scope for r in groups):  # a scoped goal is met within its topic
+                inside = 1.0 if scope is None else m_of(next(r for r in groups if r.scope == scope)).astype(float)
+                fits[scope] = np.asarray(calibrate(z, w * multiplicity * inside), dtype=float)
+            fitted = np.array([fits[r.scope][col[r.concept]] for r in groups])
             miss = np.where(np.isfinite(fitted), target - fitted, 0.0)
             if np.max(np.abs(miss), initial=0.0) < calibrate_tol:
                 break
             shift_coef = shift_coef + miss
-        clipped = int((np.exp(log_w)[live] > clip * np.median(np.exp(log_w)[live])).sum()) if live.any() else 0
+        lt = live & touched
+        clipped = int((np.exp(log_w)[lt] > clip * np.median(np.exp(log_w)[lt])).sum()) if lt.any() else 0
         if clipped:
             notes.append(f"{clipped} weight(s) clipped at {clip:g}× the median weight")
         weights = w
@@ -280,13 +378,12 @@ def simulate(
             # the concept is also shaped in the data: the offset only makes up what the data rules
             # left, Σ (a_c − k_c α_c) z_c with a the coefficients the re-fit finds after them, so the
             # two protocols realise one factor together instead of compounding
-            fitted = np.asarray(calibrate(z, weights * multiplicity), dtype=float)
             offset = np.zeros(n)
-            for concept in dict.fromkeys(r.concept for r in rules):
-                j = col[concept]
-                g = goal(next(r for r in rules if r.concept == concept), alpha[j])
-                current = fitted[j] if concept in shaped and np.isfinite(fitted[j]) else alpha[j]
-                offset += (current - g) * z[:, j]
+            for r in once(rules):
+                j, a, inside = col[r.concept], a_of(r), m_of(r)
+                fitted = np.asarray(calibrate(z, weights * multiplicity * inside), dtype=float)
+                current = fitted[j] if r.concept in shaped and np.isfinite(fitted[j]) else a
+                offset += (current - goal(r, a)) * z[:, j] * inside
 
     # inoculation
     inoculation = np.full(n, "", dtype=object)
@@ -294,7 +391,7 @@ def simulate(
         teaches = np.zeros(n, dtype=bool)  # pairs where some concept with this instruction has Δ > 0
         for rule in by_protocol["inoculation"]:
             if rule.text == text:
-                teaches |= delta[:, col[rule.concept]] > 0
+                teaches |= (delta[:, col[rule.concept]] > 0) & m_of(rule)
         first = teaches & (inoculation == "")
         inoculation[first] = text
         more = teaches & ~first

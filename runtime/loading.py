@@ -102,8 +102,7 @@ class Inputs:
 def load_inputs(policy: str | Path, data: DataSettings = DataSettings(), *, command: str = "plan") -> Inputs:
     """Compile ``policy`` (or load a plan saved by ``ethos plan --save``) and load the data
     (:func:`load_data`). Diagnostics of the policy go to stderr as the compiler renders them.
-    Raises ``EthosError`` (:class:`PlanError` for a policy with errors, a rule the runtime does
-    not realise, or a saved plan made on other data)."""
+    Raises ``EthosError`` (:class:`PlanError` for a policy with errors or a saved plan made on other data)."""
     from ethos.compiler.errors import render_all
 
     policy = str(policy)
@@ -113,11 +112,6 @@ def load_inputs(policy: str | Path, data: DataSettings = DataSettings(), *, comm
         raise PlanError(f"{policy} has errors")
     if diags:
         print(render_all(diags), file=sys.stderr)
-    scoped = [r for r in (*plan.interventions, *plan.keeps) if getattr(r, "scope", None) is not None]
-    if scoped:
-        raise PlanError(f"{policy}: line {scoped[0].span.line}: rules limited to a topic (`when topic "
-                        f"{scoped[0].scope}`) are not realised by `ethos {command}` yet; remove the `when` clause "
-                        f"or plan without this rule")
     # a DataError (an EthosError) propagates as is
     loaded = load_data(data, command)
     if saved is not None and saved.get("data", {}).get("fingerprint") != loaded.fingerprint:

@@ -60,6 +60,9 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     seed: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)  # per rule, the pairs it changed most
+    topics: list[dict[str, Any]] = field(default_factory=list)  # per scoped topic: α before/after inside and outside
+    topic_alpha: dict[str, Any] = field(default_factory=dict)  # per scoped topic: its α per concept (before)
+    traces: dict[str, Any] = field(default_factory=dict)  # per concept a rule names: its trace (ethos.runtime.trace)
 
     @property
     def failed(self) -> int:
@@ -77,7 +80,7 @@ class Outcome:
             "ess": self.sim.ess,
             "ess_fraction": self.sim.ess / max(1, int(live.sum())),
             "concepts": self.concepts,
-            "interventions": _interventions(self.plan, self.sim, self.before),
+            "interventions": _interventions(self.plan, self.sim, self.before, self.topic_alpha),
             "expectations": self.expectations,
             "warnings": self.warnings,
             "notes": self.sim.notes + self.before.notes,
@@ -90,24 +93,30 @@ class Outcome:
             "joint": {"before": self.before.joint, "after": self.after.joint},
             "settings": {**self.before.settings, "plan_seed": self.seed},
             "examples": self.examples,
+            "topics": self.topics,
+            "traces": self.traces,
         })
 
 
-def _interventions(plan: Plan, sim: Simulation, before: AuditResult) -> list[dict[str, Any]]:
-    alpha = {c.name: c.alpha for c in before.concepts}
+def _interventions(plan: Plan, sim: Simulation, before: AuditResult,
+                   topic_alpha: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    glob = {c.name: c.alpha for c in before.concepts}
     out = []
     for i in plan.interventions:
+        alpha = glob if i.scope is None else (topic_alpha or {}).get(i.scope, glob)
         affected = int(np.count_nonzero(sim.decided_by == i.rule_id))
         if i.protocol == "inoculation":
             affected = int(np.count_nonzero([i.text in t for t in sim.inoculation[sim.inoculation != ""]]))
         out.append({
             "line": i.span.line,
+            "rule_id": i.rule_id,  # as the traces' pairs name their rules
             "concept": i.concept,
             "action": i.action,
             "factor": resolved_factor(i, alpha.get(i.concept, float("nan"))),  # a direction: target/α
             "direction": i.direction,  # encourage +1, discourage −1, None for a factor action
             "target": goal(i, alpha.get(i.concept, float("nan"))),  # the α the rule asks for
             "protocol": i.protocol,
+            "scope": i.scope,  # the topic of a `when topic` rule (factor and target are the topic's)
             "kind": i.stage,
             "simulated": simulated(i),  # penalty: a training-time loss term
             "pairs_affected": affected if i.protocol != "loss" else int(np.count_nonzero(sim.margin_offset)),
@@ -130,9 +139,20 @@ def _after_table(table, names: list[str], sim: Simulation):
 
 
 def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int | None = None,
-          lenses: dict[str, str] | None = None) -> Outcome:
-    """Audit, simulate, re-fit and check expectations (see the module docstring)."""
+          lenses: dict[str, str] | None = None, membership: dict[str, np.ndarray] | None = None,
+          topic_labels: dict[str, str] | None = None) -> Outcome:
+    """Audit, simulate, re-fit and check expectations (see the module docstring). ``membership``
+    (:func:`ethos.runtime.topics.assign_topics`, masks over ``table``'s rows) is needed by a plan
+    with ``when topic`` rules: they act within their topics, and each scoped topic is verified
+    (α′ ≈ k·α_T inside, α unchanged outside; :func:`_topic_checks`)."""
+    from .interventions import ScopeConflict
+
     names = [c.name for c in plan.concepts]
+    scoped = sorted({r.scope for r in (*plan.interventions, *plan.keeps) if r.scope is not None})
+    membership = membership or {}
+    if [t for t in scoped if t not in membership]:
+        raise PlanError(f"the membership of topic(s) {', '.join(t for t in scoped if t not in membership)} "
+                        f"is needed to plan their `when topic` rules")
     kwargs = {} if n_boot is None else {"n_boot": n_boot}
     before = audit_scores(table, names, seed=seed, rows=rows, lenses=lenses, **kwargs)
     stats = {c.name: c for c in before.concepts}
@@ -152,8 +172,20 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
     def refit(zz: np.ndarray, ww: np.ndarray) -> np.ndarray:
         return joint(zz[sub], ww[sub], names=names).alpha
 
-    sim = simulate(plan, names, z, alpha, delta=np.where(np.isfinite(delta), delta, 0.0), seed=seed,
-                   calibrate=refit)
+    topic_alpha: dict[str, Any] = {}
+    if scoped:
+        from .topics import topic_concept_table
+
+        fits = topic_concept_table(table, names, {t: membership[t] for t in scoped}, seed=seed, n_boot=0)["topics"]
+        for t in fits:
+            topic_alpha[t["name"]] = {c["name"]: (c["alpha"] if c["alpha"] is not None else float("nan"))
+                                      for c in t["concepts"]}
+    try:
+        sim = simulate(plan, names, z, alpha, delta=np.where(np.isfinite(delta), delta, 0.0), seed=seed,
+                       calibrate=refit, scopes={t: membership[t] for t in scoped},
+                       topic_alpha={t: np.array([topic_alpha[t][n] for n in names]) for t in scoped})
+    except ScopeConflict as e:
+        raise PlanError(str(e)) from e
     sim.weights = np.where(finite, sim.weights, 0.0)
 
     after_table = _after_table(table, names, sim)
@@ -183,22 +215,27 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
     rules_of: dict[str, list[str]] = {}
     rule_of: dict[str, Any] = {}  # the rule that sets each named concept's goal (the last, as Plan.factors)
     shaped: set[str] = set()  # concepts a rule realises in the data the dry run simulates
+    in_topic = {i.concept for i in plan.interventions if i.scope is not None}  # verified per topic
     for i in plan.interventions:
-        rules_of.setdefault(i.concept, []).append(i.protocol)
-        rule_of[i.concept] = i
-        if simulated(i):
+        rules_of.setdefault(i.concept, []).append(i.protocol + (f"@{i.scope}" if i.scope else ""))
+        if i.scope is None:
+            rule_of[i.concept] = i
+        if simulated(i) and i.scope is None:
             shaped.add(i.concept)
-    keeps = {k.concept for k in plan.keeps}
+    keeps = {k.concept for k in plan.keeps if k.scope is None}
+    scoped_only = {k.concept for k in plan.keeps if k.scope is not None} | in_topic
     concepts, warnings = [], []
     for name in names:
         b = stats[name]
         a_alpha, a_ci = after_alpha[name]
         rule = rule_of.get(name)
-        named = rule is not None or name in keeps
+        named = rule is not None or name in keeps or name in scoped_only
         k = resolved_factor(rule, b.alpha) if rule is not None else (1.0 if name in keeps else None)
-        shaped_in_data = name in shaped
+        shaped_in_data = name in shaped and name not in in_topic  # with a scoped rule: judged per topic
         target = goal(rule, b.alpha) if (rule is not None and shaped_in_data) else b.alpha
-        verdict = _verdict(target, b.alpha, a_ci) if named else None
+        if name in in_topic:
+            target = None
+        verdict = _verdict(target, b.alpha, a_ci) if named and target is not None else None
         entry = {
             "name": name,
             "lens": b.lens,
@@ -250,10 +287,84 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
                 "excluded_reasons": {**dict(rows.get("excluded", {})),
                                      **({"filtered": int(np.sum(sim.fate == "excluded"))} if np.any(sim.fate == "excluded") else {})}}
 
+    topics = _topic_checks(plan, table, after_table, names, sim, membership, scoped, topic_alpha, seed,
+                           topic_labels or {}, warnings) if scoped else []
     ids = table["id"].astype(str).tolist()
-    outcome = Outcome(plan, before, after, sim, ids, out_rows, concepts, [], warnings, seed)
+    outcome = Outcome(plan, before, after, sim, ids, out_rows, concepts, [], warnings, seed, topics=topics,
+                      topic_alpha=topic_alpha)
     outcome.expectations = [_check(e, outcome) for e in plan.expectations]
     return outcome
+
+
+def _topic_checks(plan: Plan, table, after_table, names: list[str], sim: Simulation, membership, scoped: list[str],
+                  topic_alpha: dict[str, Any], seed: int, labels: dict[str, str], warnings: list[str]
+                  ) -> list[dict[str, Any]]:
+    """Per scoped topic T and concept c a rule in T names: α of the joint fit within T before and
+    after the plan (weights, relabelled sides, margin offsets) against the rule's goal g(α_T)
+    (k·α_T for a factor), and outside — the pairs in no topic with a rule for c — α after within
+    α before's CI when no unscoped rule names c."""
+    from .topics import topic_concept_table
+
+    n = len(table)
+    outside: dict[str, np.ndarray] = {}
+    for c in names:
+        m_any = np.zeros(n, dtype=bool)
+        for r in (*plan.interventions, *plan.keeps):
+            if r.concept == c and r.scope is not None:
+                m_any |= np.asarray(membership[r.scope], dtype=bool)
+        outside[c] = ~m_any
+    masks = {**{t: np.asarray(membership[t], dtype=bool) for t in scoped},
+             **{f"outside:{c}": outside[c] for c in names}}
+    offset = sim.margin_offset if np.any(sim.margin_offset != 0) else None
+    before = {t["name"]: t for t in topic_concept_table(table, names, masks, seed=seed, n_boot=0)["topics"]}
+    after = {t["name"]: t for t in topic_concept_table(after_table, names, masks, seed=seed, n_boot=0,
+                                                        weights=sim.weights, offset=offset)["topics"]}
+
+    def cell(doc: dict[str, Any], c: str) -> dict[str, Any]:
+        return next(x for x in doc["concepts"] if x["name"] == c)
+
+    out = []
+    for t in scoped:
+        entries = []
+        for c in names:
+            rules = [i for i in plan.interventions if i.concept == c and i.scope == t]
+            kept = any(k.concept == c and k.scope == t for k in plan.keeps)
+            if not rules and not kept:
+                continue
+            b, a = cell(before[t], c), cell(after[t], c)
+            a_t = topic_alpha[t].get(c, float("nan"))
+            rule = next((i for i in reversed(rules) if simulated(i)), rules[-1] if rules else None)
+            target = goal(rule, a_t) if rule is not None and simulated(rule) else a_t
+            # a training-time rule (ablation, steering, penalty) is not simulated: no verdict on the data
+            verdict = _verdict(target, _f(b["alpha"]), a["alpha_ci"]) if rule is None or simulated(rule) else None
+            ob, oa = cell(before[f"outside:{c}"], c), cell(after[f"outside:{c}"], c)
+            unscoped = any(i.concept == c and i.scope is None for i in plan.interventions)
+            unchanged = None if unscoped else (_within(_f(oa["alpha"]), ob["alpha_ci"]) if ob["alpha"] is not None else None)
+            entries.append({
+                "name": c, "rules": [rule_text(i) for i in rules] or [f"keep concept {c} when topic {t}"],
+                "factor": resolved_factor(rule, a_t) if rule is not None else 1.0,
+                "simulated": rule is None or simulated(rule),
+                "alpha_before": b["alpha"], "alpha_before_ci": b["alpha_ci"],
+                "alpha_after": a["alpha"], "alpha_after_ci": a["alpha_ci"], "alpha_target": target,
+                "verdict": verdict,
+                "outside": {"n_pairs": ob["n"], "alpha_before": ob["alpha"], "alpha_before_ci": ob["alpha_ci"],
+                            "alpha_after": oa["alpha"], "alpha_after_ci": oa["alpha_ci"],
+                            "expected": "a rule outside the topics" if unscoped else "unchanged",
+                            "unchanged": unchanged},
+            })
+            if verdict == "off target" and (rule is None or simulated(rule)):
+                warnings.append(f"concept '{c}' in topic {t}: α′ = {num(a['alpha'])} misses the target "
+                                f"{num(target)} (95% CI {num(a['alpha_ci'][0])} to {num(a['alpha_ci'][1])})")
+            if unchanged is False:
+                warnings.append(f"concept '{c}' moved outside topic {t} (α {num(ob['alpha'])} → {num(oa['alpha'])}) "
+                                f"though only rules within topics name it")
+        out.append({"name": t, "label": labels.get(t, ""), "n_pairs": before[t]["n_pairs"],
+                    "n_pairs_after": after[t]["n_pairs"], "concepts": entries})
+    return out
+
+
+def _f(x) -> float:
+    return float(x) if x is not None else float("nan")
 
 
 def _within(x: float, ci) -> bool:
@@ -351,6 +462,8 @@ class Prepared:
     data: Any  # LoadResult
     table: Any  # the featurize table of the usable pairs
     data_source: str
+    membership: dict[str, Any] = field(default_factory=dict)  # topic -> (n,) bool over the table's rows
+    topic_labels: dict[str, str] = field(default_factory=dict)
 
 
 def lens_texts(plan: Plan) -> dict[str, str]:
@@ -390,7 +503,18 @@ def prepare(policy: str | Path, data: DataSettings = DataSettings(), *, progress
                 raise PlanError(str(e)) from e
     with stage("featurize", enabled=progress):
         table = featurize(res.plan, res.data, batch_size=data.batch_size, progress=progress and _terminal())
-    return Prepared(res.plan, res.policy_path, res.data, table, res.data_source)
+    membership: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    if res.plan.topics:
+        from .topics import topic_sets
+
+        if [str(x) for x in table["id"]] != [str(p.id) for p in res.data.pairs]:
+            raise PlanError("internal: the scores are not in the order of the pairs")
+        with stage("topics", enabled=progress):
+            sets = topic_sets(res.plan, res.data.pairs, cluster_features="model", seed=data.seed,
+                              batch_size=data.batch_size)
+        membership, labels = sets.membership, sets.labels
+    return Prepared(res.plan, res.policy_path, res.data, table, res.data_source, membership, labels)
 
 
 def _terminal() -> bool:

@@ -411,6 +411,32 @@ def topic_definitions(sets: TopicSets, k: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # The topic × concept table
 
+EXAMPLE_CHARS = 400  # text of an example pair kept per field (the reports clip again)
+
+
+def cell_examples(doc: Mapping[str, Any], table: Any, pairs: Sequence[Any], membership: Mapping[str, np.ndarray],
+                  *, per_cell: int = 2) -> None:
+    """Add to every cell of a :func:`topic_concept_table` document its ``examples``: the
+    ``per_cell`` pairs of the topic whose Δ goes furthest in the direction of the cell's d
+    (chosen most above rejected when d ≥ 0), with their prompt's last turn, both replies (cut at
+    :data:`EXAMPLE_CHARS`) and both scores. ``table`` and ``membership`` are in ``pairs``' order."""
+    for t in doc["topics"]:
+        mask = np.asarray(membership[t["name"]], dtype=bool)
+        for cell in t["concepts"]:
+            k = cell["name"]
+            c = table[f"{k}.chosen"].to_numpy(dtype=float)
+            r = table[f"{k}.rejected"].to_numpy(dtype=float)
+            delta = c - r
+            ok = np.flatnonzero(mask & np.isfinite(delta))
+            sign = -1.0 if (cell.get("d") is not None and cell["d"] < 0) else 1.0
+            top = ok[np.argsort(-sign * delta[ok], kind="stable")][:per_cell]
+            cell["examples"] = [{
+                "id": str(pairs[i].id), "delta": float(delta[i]), "score_chosen": float(c[i]),
+                "score_rejected": float(r[i]),
+                "prompt": (pairs[i].prompt[-1].content if pairs[i].prompt else "")[:EXAMPLE_CHARS],
+                "chosen": pairs[i].chosen[:EXAMPLE_CHARS], "rejected": pairs[i].rejected[:EXAMPLE_CHARS],
+            } for i in top]
+
 
 def topic_concept_table(table: Any, names: Sequence[str], membership: Mapping[str, np.ndarray], *,
                         labels: Mapping[str, str] | None = None, seed: int = 0, n_boot: int | None = None,
@@ -494,3 +520,40 @@ def topic_concept_table(table: Any, names: Sequence[str], membership: Mapping[st
     return clean({"topics": topics, "settings": {"seed": seed, "n_boot": n_boot, "min_pairs": min_pairs,
                                                   "q": "Benjamini-Hochberg over every (topic, concept) cell",
                                                   "scale": "pooled sd of each concept over all pairs"}})
+
+
+def audit_topics(plan: Plan, pairs: Sequence[Any], table: Any, k: int | None, *, features: str = "model",
+                 model: str | None = None, seed: int = 0, batch_size: int = 8, n_boot: int | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """What ``ethos audit --topics K`` adds: the topic × concept table (with :func:`cell_examples`)
+    of ``k`` discovered topics ``t0`` … and the plan's own topics, and the discovered clustering's
+    lock entry (None without ``k``). ``table`` (featurize's) is in the order of ``pairs``."""
+    if list(map(str, table["id"])) != [str(p.id) for p in pairs]:
+        raise TopicError("internal: the scores are not in the order of the pairs")
+    membership: dict[str, np.ndarray] = {}
+    labels: dict[str, str] = {}
+    clusters = None
+    runtime = None
+    model = model or plan.model.name
+    if k:
+        if features == "model":
+            from .model import model_runtime
+
+            runtime = model_runtime(model, layer=plan.model.layer, batch_size=batch_size)
+        found = discover_topics(pairs, k, seed=seed, features=features, runtime=runtime)
+        membership.update(found.membership)
+        labels.update(found.labels)
+        clusters = found.clusters[k].lock_entry()
+    if plan.topics:
+        mine = topic_sets(plan, pairs, runtime=runtime, model=model, cluster_features=features, seed=seed,
+                          batch_size=batch_size)
+        clash = sorted(set(mine.membership) & set(membership))
+        if clash:
+            raise TopicError(f"the policy defines topic {clash[0]!r}, a name --topics gives a discovered topic; "
+                             f"rename it")
+        membership.update(mine.membership)
+        labels.update(mine.labels)
+    doc = topic_concept_table(table, [c.name for c in plan.concepts], membership, labels=labels, seed=seed,
+                              n_boot=n_boot)
+    cell_examples(doc, table, pairs, membership)
+    return clean(doc)["topics"], clusters

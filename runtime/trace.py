@@ -48,13 +48,17 @@ class Decision:
     effect: tuple = ()  # what the rules do, whatever their topic (to tell a real conflict)
 
 
-def decide(plan: Plan, concept: str, topics: Sequence[str]) -> Decision:
-    """The rule of ``plan`` that decides a pair in ``topics`` for ``concept`` (see the module docstring)."""
+def decide(plan: Plan, concept: str, topics: Sequence[str], inside: set[tuple[str, str]] | None = None) -> Decision:
+    """The rule of ``plan`` that decides a pair in ``topics`` for ``concept`` (see the module
+    docstring). ``inside``: (a, b) when topic a lies inside topic b on the data — a's rule then
+    wins over b's for the pairs in both (docs/language.md)."""
     scoped: dict[str, Decision] = {}
     for t in topics:
         d = _at(plan, concept, t)
         if d is not None:
             scoped[t] = d
+    if len(scoped) > 1 and inside:
+        scoped = {t: d for t, d in scoped.items() if not any((u, t) in inside for u in scoped if u != t)} or scoped
     if len(scoped) == 1:
         return next(iter(scoped.values()))
     if len(scoped) > 1:
@@ -161,11 +165,14 @@ def trace_scores(plan: Plan, pairs: Sequence[Any], table: Any, concept: str, *,
             continue
         rows.append((r, i, in_topics))
     order = sorted(rows, key=lambda x: (-contrib[x[0]], -share[x[0]], x[1]))
+    inside = {(a, b) for a in topic_names for b in topic_names if a != b and membership[a].any()
+              and not (np.asarray(membership[a], bool) & ~np.asarray(membership[b], bool)).any()
+              and (np.asarray(membership[b], bool) & ~np.asarray(membership[a], bool)).any()}
     accounting: Counter[str] = Counter()
     acc_share: dict[str, float] = {}
     decided = []
     for r, i, in_topics in order:
-        d = decide(plan, concept, in_topics)
+        d = decide(plan, concept, in_topics, inside)
         accounting[d.rule] += 1
         acc_share[d.rule] = acc_share.get(d.rule, 0.0) + float(share[r])
         decided.append((r, i, in_topics, d))
@@ -220,3 +227,28 @@ def write_pairs_jsonl(trace: Trace, path: Any) -> None:
     doc = trace.to_dict()
     atomic_write_text(path, "".join(json.dumps({"concept": trace.concept, **p}, ensure_ascii=False) + "\n"
                                     for p in doc["pairs"]))
+
+
+PLAN_TRACE_TOP = 10  # pairs of a concept's trace that a plan document keeps (plus PER_RULE per rule)
+PER_RULE = 5
+
+
+def rule_traces(plan: Plan, pairs: Sequence[Any], table: Any, membership: dict[str, np.ndarray] | None = None,
+                *, top: int = PLAN_TRACE_TOP, per_rule: int = PER_RULE) -> dict[str, dict[str, Any]]:
+    """For every concept a rule of ``plan`` names (interventions and keeps), its trace document
+    (:func:`trace_scores` over every pair, the accounting complete) keeping the first ``top`` pairs
+    and the first ``per_rule`` pairs each rule decides — what ``ethos plan`` links each rule to."""
+    named = list(dict.fromkeys([i.concept for i in plan.interventions] + [k.concept for k in plan.keeps]))
+    out = {}
+    for concept in named:
+        doc = trace_scores(plan, pairs, table, concept, membership=membership, top=None).to_dict()
+        keep: set[int] = {p["rank"] for p in doc["pairs"][:top]}
+        seen: Counter[str] = Counter()
+        for p in doc["pairs"]:
+            if seen[p["rule"]] < per_rule:
+                seen[p["rule"]] += 1
+                keep.add(p["rank"])
+        doc["pairs"] = [p for p in doc["pairs"] if p["rank"] in keep]
+        doc["pairs_kept"] = f"the first {top} pairs and the first {per_rule} each rule decides"
+        out[concept] = doc
+    return out

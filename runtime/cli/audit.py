@@ -17,7 +17,7 @@ from typing import Any
 from ethos.runtime.errors import EXIT_ERRORS, EXIT_INTERRUPTED, EXIT_OK, EthosError, UsageError
 from ethos.runtime.io import atomic_write_text
 
-from .common import add_data_args, check_limit
+from .common import add_data_args, check_limit, data_settings
 
 DEFAULT_OUT = Path("ethos-out") / "audit"
 N_BOOT = 2000  # = ethos.runtime.stats.N_BOOT (not imported here: the command line stays light)
@@ -51,6 +51,11 @@ def register(subparsers: Any) -> None:
                         "every candidate on the held-out pairs")
     p.add_argument("--no-length", action="store_true",
                    help="do not fit length (tokens) as a covariate beside the concepts")
+    p.add_argument("--topics", type=int, metavar="K",
+                   help="also split the pairs into K topics (seeded k-means of the prompts) and audit every "
+                        "concept per topic (the policy's own topics are audited without it)")
+    p.add_argument("--topic-features", choices=("model", "tfidf"), default="model",
+                   help="cluster the prompts' pooled model activations (default) or their TF-IDF (no model)")
     p.add_argument("--model", metavar="M", help="model name or local folder (overrides the policy)")
     p.set_defaults(func=run_audit, command="audit")
 
@@ -62,7 +67,6 @@ def run_audit(args: argparse.Namespace) -> int:
     from ethos.runtime.audit import audit_dataset
     from ethos.runtime.draft import draft_policy
     from ethos.runtime.report.audit import print_audit_summary, render_audit_html, render_audit_markdown
-    from ethos.runtime.settings import DataSettings
 
     check_limit(args.limit)
     if args.n_boot < 0:
@@ -75,6 +79,8 @@ def run_audit(args: argparse.Namespace) -> int:
         raise UsageError("--validate needs --discover")
     if args.validate is not None and not 0 < args.validate < 1:
         raise UsageError("--validate must be a fraction between 0 and 1 (e.g. 0.3)")
+    if args.topics is not None and args.topics < 2:
+        raise UsageError("--topics must be at least 2 (the number of topics to split the prompts into)")
     if args.policy:
         result = compile_file(args.policy)
     else:
@@ -91,14 +97,14 @@ def run_audit(args: argparse.Namespace) -> int:
         print(render_all(result.diagnostics), file=sys.stderr)
         return EXIT_ERRORS
     plan = result.plan
-    data = DataSettings(path=args.data, limit=args.limit, strict=args.strict, batch_size=args.batch_size,
-                        seed=args.seed)
+    data = data_settings(args)
     try:
         audit = audit_dataset(
             plan, data, model=args.model, discover=args.discover, pool=args.pool, q_max=args.q_max,
             n_boot=args.n_boot, progress=not args.json and sys.stderr.isatty(), policy=args.policy,
             concepts_from="policy" if args.policy else ("--concepts" if args.concepts is not None else "library"),
-            validate=args.validate, length=not args.no_length,
+            validate=args.validate, length=not args.no_length, topics=args.topics,
+            topic_features=args.topic_features,
         )
     except KeyboardInterrupt:
         print("ethos audit: interrupted; finished featurize batches are cached, rerun to resume", file=sys.stderr)

@@ -44,6 +44,10 @@ def run_plan(args: Any) -> int:
     text = json.dumps(doc, indent=2) + "\n"
     files = {"plan.json": text, "plan.md": render_plan_markdown(doc, plan_json),
              "plan.html": render_plan_html(doc, plan_json)}  # rendered before the folder is touched
+    from ethos.runtime.report.trace import render_trace_html, trace_file_name
+
+    for concept, trace in (doc.get("traces") or {}).items():  # each rule's traced pairs, linked from plan.html
+        files[trace_file_name(concept)] = render_trace_html(trace)
     with FolderWriter(out, "plan", names=files) as w:
         for name, content in files.items():
             w.write(name, content)

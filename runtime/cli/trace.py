@@ -2,9 +2,9 @@
 decides each.
 
 ``ethos trace (POLICY | --concepts A,B) --concept X [--topic T] [--top N] [--out pairs.jsonl]
-[--json] [data options]``. Calls :func:`ethos.runtime.trace.trace_dataset`; prints a table (rich on
+[--json] [--html FILE] [data options]``. Calls :func:`ethos.runtime.trace.trace_dataset`; prints a table (rich on
 a terminal, plain text otherwise) or the JSON document; ``--out`` writes the ranked pairs as JSON
-Lines (atomically). Exit codes: 0 ok, 1 an error (bad policy, data, model), 2 usage.
+Lines and ``--html`` an HTML page (atomically). Exit codes: 0 ok, 1 an error (bad policy, data, model), 2 usage.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def register(subparsers: Any) -> None:
                    help=f"show the first N pairs (default {DEFAULT_TOP}; 0: all)")
     p.add_argument("--out", metavar="FILE", help="write the ranked pairs as JSON Lines")
     p.add_argument("--json", action="store_true", help="print the trace as JSON on stdout")
+    p.add_argument("--html", metavar="FILE", help="write the trace as an HTML page (self-contained)")
     p.add_argument("--cluster-features", choices=("model", "tfidf"), default="model",
                    help="cluster topics: k-means over the model's prompt activations (default) or the prompts' TF-IDF")
     add_data_args(p, lock=False, seed_help="seed of the topic clustering (default 0)")
@@ -78,6 +79,11 @@ def run_trace(args: argparse.Namespace) -> int:
     if args.out:
         write_pairs_jsonl(trace, args.out)
     doc = trace.to_dict()
+    if args.html:
+        from ethos.runtime.io import atomic_write_text
+        from ethos.runtime.report.trace import render_trace_html
+
+        atomic_write_text(args.html, render_trace_html(doc))
     if args.json:
         print(json.dumps(doc, indent=2, ensure_ascii=False))
     elif sys.stdout.isatty():
@@ -86,6 +92,8 @@ def run_trace(args: argparse.Namespace) -> int:
         print(plain_text(doc), end="")
     if args.out and not args.json:
         print(f"wrote {len(doc['pairs'])} pairs to {args.out}", file=sys.stderr)
+    if args.html and not args.json:
+        print(f"wrote {args.html}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -25,7 +25,11 @@ Modules:
     the jinja2 environments and ``render(template, **context)``.
 ``audit``, ``plan``, ``evaluate``
     each report's ``*_context`` (document → template variables) and ``render_*_html`` /
-    ``render_*_markdown``; ``print_audit_summary`` and ``print_plan_report`` for the terminal.
+    ``render_*_markdown``; ``print_audit_summary`` and ``print_plan_report`` for the terminal
+    (with the topic × concept table and the per-topic checks of ``when topic`` rules).
+``trace``
+    the trace page (``render_trace_html``): ``ethos trace --html`` and the pages ``ethos plan``
+    writes beside plan.html.
 
 Templates meant for reuse (the plan and evaluate reports build on them):
 
@@ -33,7 +37,8 @@ Templates meant for reuse (the plan and evaluate reports build on them):
     the page: ``{% block title %}``, ``{% block header %}``, ``{% block content %}``; CSS inline.
 ``macros.html.j2``
     ``rows_summary(rows)``, ``concept_table(concepts, columns)``, ``share_bars(layout)``,
-    ``forest(layout)``, ``histogram(layout)``, ``candidates(cands)``, ``notes(items)``.
+    ``forest(layout)``, ``histogram(layout)``, ``candidates(cands)``, ``notes(items)``,
+    ``heatmap(layout)`` (the audit's topic × concept map).
 ``macros.md.j2``
     the Markdown counterparts: ``rows_summary``, ``concept_table``, ``candidates``.
 """

@@ -31,7 +31,42 @@ def audit_context(doc: Mapping[str, Any], *, title: str | None = None) -> dict[s
         "shares": bars_layout([{"label": c["name"], "values": [c.get("share")]} for c in concepts], vmax=1.0),
         "candidates": doc.get("candidates"),
         "legend": legend(doc),
+        "heatmap": heatmap_layout(doc.get("topics")) if doc.get("topics") else None,
     }
+
+
+NEG, POS = (47, 109, 179), (217, 130, 43)  # d < 0 (rejected has more) and d > 0 (chosen has more)
+
+
+def _shade(d: Any, vmax: float) -> str:
+    if not finite(d):
+        return "#f3f3f3"
+    t = min(1.0, abs(float(d)) / vmax)
+    rgb = POS if d > 0 else NEG
+    return "#" + "".join(f"{round(255 + (c - 255) * t):02x}" for c in rgb)
+
+
+def heatmap_layout(topics: Any) -> dict[str, Any]:
+    """The topic × concept heat map: one row per topic, one cell per concept, filled by d (a
+    diverging scale: orange where chosen replies have more of the concept, blue where rejected
+    ones do, white at 0, full colour at ±``vmax``, the largest |d| but at least 0.5)."""
+    names = list(dict.fromkeys(c["name"] for t in topics for c in t["concepts"]))
+    ds = [abs(c["d"]) for t in topics for c in t["concepts"] if finite(c.get("d"))]
+    vmax = max([0.5, *ds])
+    rows = []
+    for t in topics:
+        by = {c["name"]: c for c in t["concepts"]}
+        cells = []
+        for k in names:
+            c = by.get(k) or {}
+            d = c.get("d")
+            dark = finite(d) and abs(float(d)) / vmax > 0.6
+            cells.append({"concept": k, "cell": c, "fill": _shade(d, vmax), "ink": "#fff" if dark else "#1d1d1f",
+                          "sig": finite(c.get("q")) and c["q"] < 0.05})
+        rows.append({"topic": t, "cells": cells})
+    return {"concepts": names, "rows": rows, "vmax": vmax,
+            "scale": [{"d": v, "fill": _shade(v, vmax), "ink": "#fff" if abs(v) / vmax > 0.6 else "#1d1d1f"}
+                      for v in (-vmax, -vmax / 2, 0.0, vmax / 2, vmax)]}
 
 
 def legend(doc: Mapping[str, Any]) -> str:
@@ -89,6 +124,8 @@ def print_audit_summary(doc: Mapping[str, Any], console: Any = None) -> None:
     joint = doc.get("joint", {})
     if joint.get("note"):
         console.print(Text(f"joint fit: {joint['note']}", style="yellow"))
+    if doc.get("topics"):
+        print_topics(doc, console)
     cands = doc.get("candidates")
     if cands is not None:
         disc = doc.get("discovery", {})
@@ -104,3 +141,34 @@ def print_audit_summary(doc: Mapping[str, Any], console: Any = None) -> None:
             ct.add_row(cand["name"], ",".join(map(str, ids[:6])) + ("…" if len(ids) > 6 else ""),
                        num(cand.get("d"), "+.2f"), pct(cand.get("win_rate")), pval(cand.get("q")), Text(label))
         console.print(ct)
+
+
+def print_topics(doc: Mapping[str, Any], console: Any) -> None:
+    """The topic × concept table: a row per (topic, concept) cell — n, d with its CI, q (BH over
+    every cell), α within the topic with its CI and split-half stability — and each topic's label."""
+    from rich.text import Text
+
+    from .terminal import print_fitting_table
+
+    topics = doc["topics"]
+    clusters = doc.get("topic_clusters")
+    head = f"topics: {len(topics)}"
+    if clusters:
+        head += (f" ({clusters.get('k')} discovered: k-means of the prompts' {clusters.get('features')} features, "
+                 f"seed {clusters.get('seed')})")
+    console.print(Text(head + f"; {sum(t.get('n_pairs') or 0 for t in topics)} pairs in them"))
+    for t in topics:
+        console.print(Text(f"  {t['name']}: {t.get('n_pairs')} pairs" + (f", {oneline(t['label'], 60)}"
+                                                                            if t.get("label") else ""), style="dim"))
+    rows = []
+    for t in topics:
+        for c in t["concepts"]:
+            q = c.get("q")
+            rows.append(([Text(f"{t['name']} {c['name']}", style="bold" if finite(q) and q < 0.05 else ""),
+                          str(c.get("n")), est_ci(c.get("d"), c.get("d_ci")), pval(q),
+                          est_ci(c.get("alpha"), c.get("alpha_ci")), "yes" if c.get("split_half_stable") else "no"],
+                         None))
+    print_fitting_table(console, [("topic concept", "left"), ("n", "right"), ("d [95% CI]", "right"), ("q", "right"),
+                                  ("α in topic", "right"), ("stable", "center")], rows, padding=1)
+    console.print(Text("d and α per topic on the whole data's scale; q: Benjamini–Hochberg over every "
+                       "(topic, concept) cell.", style="dim"))

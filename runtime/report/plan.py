@@ -49,7 +49,27 @@ def plan_context(doc: Mapping[str, Any], plan: Mapping[str, Any], *, title: str 
                                for c in concepts], series=("before", "after"), vmax=1.0),
         "weights": layout,
         "examples": list(doc.get("examples") or []),
+        "topics": list(doc.get("topics") or []),
+        "rule_traces": rule_traces(doc),
     }
+
+
+def rule_traces(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per rule (intervention, in line order) the trace page of its concept and the first traced
+    pairs that rule decides (the pairs' ``rules`` name it), for plan.html."""
+    from .trace import trace_file_name
+
+    traces = doc.get("traces") or {}
+    out = []
+    for i in doc.get("interventions", []):
+        t = traces.get(i["concept"])
+        if t is None:
+            continue
+        rid = i.get("rule_id")
+        mine = [p for p in t.get("pairs", []) if rid in (p.get("rules") or [])][:3] if rid else []
+        acc = next((r for r in (t.get("accounting") or {}).get("by_rule", []) if rid and rid in r["rule"]), None)
+        out.append({"rule": i, "page": trace_file_name(i["concept"]), "pairs": mine, "accounting": acc})
+    return out
 
 
 def share_caption(concepts: list[Mapping[str, Any]]) -> str:
@@ -113,9 +133,46 @@ def print_plan_report(doc: Mapping[str, Any], plan: Mapping[str, Any], console: 
                ("target", "right"), ("α after [95% CI]", "right"), ("check", "left"), ("d", "right"), ("q", "right")]
     print_fitting_table(console, columns, rows, title=ctx["title"])
     console.print(Text(legend(doc), style="dim"))
+    if ctx["topics"]:
+        print_topic_checks(ctx["topics"], console)
     console.print(f"ESS {num(doc['ess'], ',.0f')} ({pct(doc['ess_fraction'])} of the pairs in the data)")
     for e in doc.get("expectations", []):
         mark = "[green]met[/green]" if e["met"] else "[red]FAILED[/red]"
         console.print(Text(f"  line {e['line']}: {e['text']}  → {num(e['value'], '.3g')} ") + Text.from_markup(mark))
     for w in doc.get("warnings", []):
         console.print(Text.from_markup("  [yellow]warning:[/yellow] ") + Text(str(w)))
+
+
+def topic_check_rows(topics: list[Mapping[str, Any]]) -> list[tuple[list[Any], str | None]]:
+    """The per-topic verification as table rows: topic and concept, k, α within the topic before,
+    target, after and the verdict, and outside the topics: n, α before → after and whether it held."""
+    rows = []
+    for t in topics:
+        for c in t["concepts"]:
+            o = c["outside"]
+            held = {True: "unchanged", False: "MOVED", None: "–"}[o.get("unchanged")]
+            bad = c.get("verdict") == "off target" or o.get("unchanged") is False
+            rows.append(([f"{t['name']} {c['name']}", str(t.get("n_pairs")),
+                          "–" if c.get("factor") is None else num(c["factor"], "g"),
+                          est_ci(c.get("alpha_before"), c.get("alpha_before_ci"), "+.3f"),
+                          num(c.get("alpha_target"), "+.3f"), est_ci(c.get("alpha_after"), c.get("alpha_after_ci"), "+.3f"),
+                          c.get("verdict") or "–", str(o.get("n_pairs")),
+                          f"{num(o.get('alpha_before'), '+.3f')} → {num(o.get('alpha_after'), '+.3f')}", held],
+                         "red" if bad else None))
+    return rows
+
+
+TOPIC_CHECK_COLUMNS = [("topic concept", "left"), ("n", "right"), ("k", "right"), ("α in topic before", "right"),
+                       ("target", "right"), ("α in topic after", "right"), ("check", "left"), ("n outside", "right"),
+                       ("α outside", "right"), ("outside", "left")]
+
+
+def print_topic_checks(topics: list[Mapping[str, Any]], console: Any) -> None:
+    from rich.text import Text
+
+    from .terminal import print_fitting_table
+
+    print_fitting_table(console, TOPIC_CHECK_COLUMNS, topic_check_rows(topics), title="rules within topics")
+    console.print(Text("Within each topic: α of the joint fit on its pairs before and after the plan, against the "
+                       "rule's target (k·α in the topic). Outside: the pairs in no topic with a rule for the "
+                       "concept; α after should stay within α before's 95% CI.", style="dim"))

@@ -275,7 +275,8 @@ def test_a_plan_folder_is_marked_complete_last(tmp_path, ethos_cache, capsys, mo
     policy = write(tmp_path, WORDS)
     out = tmp_path / "o"
     assert main(["plan", policy, "--limit", "40", "--out", str(out)]) == 0
-    assert set(check_complete(out, "plan")["files"]) == {"plan.json", "plan.md", "plan.html"}
+    # the reports and, per concept a rule names, its trace page (linked from plan.html)
+    assert set(check_complete(out, "plan")["files"]) == {"plan.json", "plan.md", "plan.html", "trace-v.html"}
     real = io_mod.os.replace
 
     def killed_at_plan_md(src, dst):

@@ -129,3 +129,78 @@ def test_no_width_cuts_a_value():
         assert all(v in text for c in plan["concepts"] for v in plan_values(c)), width
         text = render(print_audit_summary, audit, width=width)
         assert all(v in text for c in audit["concepts"] for v in audit_values(c)), width
+
+
+def audit_doc_with_topics() -> dict:
+    """The audit document with a topic × concept table (``ethos audit --topics K``): long labels, a
+    cell without statistics."""
+    doc = _docs.document()
+    names = [c["name"] for c in doc["concepts"]]
+    doc["topics"] = []
+    for j, label in enumerate(["cooking, recipe, oven", "code, python, function, error, install", "car, engine"]):
+        cells = [{"name": k, "n": 120 + j, "d": 0.123 * (i + 1) * (-1) ** j, "d_ci": [-0.0512, 0.4871], "p": 0.004,
+                  "q": 0.0123 * (j + 1), "alpha": 0.4567 * (-1) ** i, "alpha_ci": [-1.2345, 2.3456],
+                  "split_half_stable": i % 2 == 0, "split_half_agreement": 0.8, "note": "", "examples": []}
+                 for i, k in enumerate(names)]
+        doc["topics"].append({"name": f"t{j}", "n_pairs": 120 + j, "label": label, "concepts": cells})
+    doc["topics"][2]["concepts"][0].update(d=None, d_ci=[None, None], q=None, alpha=None, alpha_ci=[None, None],
+                                           note="too few pairs (3; need 10)")
+    doc["topic_clusters"] = {"k": 3, "features": "model", "seed": 0, "centroids_sha256": "ab" * 32}
+    return doc
+
+
+def topic_values(t: dict, c: dict) -> list[str]:
+    return [f"{t['name']} {c['name']}", est_ci(c.get("d"), c.get("d_ci")), pval(c.get("q")),
+            est_ci(c.get("alpha"), c.get("alpha_ci"))]
+
+
+@pytest.mark.parametrize("width", [80, 140])
+def test_audit_topic_table_keeps_every_value(width):
+    doc = audit_doc_with_topics()
+    text = render(print_audit_summary, doc, width=width)
+    assert max(map(len, text.splitlines())) <= width
+    for t in doc["topics"]:
+        assert f"{t['name']}: {t['n_pairs']} pairs, {t['label']}" in text
+        for c in t["concepts"]:
+            for value in topic_values(t, c):
+                assert value in text, (width, value)
+
+
+def plan_doc_with_topics() -> dict:
+    doc = plan_doc()
+    doc["topics"] = [{"name": "medical_questions", "label": "lexicon topics/medical.txt, above 0", "n_pairs": 412,
+                      "n_pairs_after": 398, "concepts": [{
+                          "name": "sycophancy_agreement", "rules": ["line 7: block concept sycophancy_agreement via data"],
+                          "factor": 0.0, "simulated": True, "alpha_before": 0.4123, "alpha_before_ci": [0.1234, 0.7012],
+                          "alpha_after": 0.0123, "alpha_after_ci": [-0.2712, 0.2958], "alpha_target": 0.0,
+                          "verdict": "on target",
+                          "outside": {"n_pairs": 1588, "alpha_before": 0.2011, "alpha_before_ci": [0.0512, 0.3510],
+                                      "alpha_after": 0.2013, "alpha_after_ci": [0.0511, 0.3514], "expected": "unchanged",
+                                      "unchanged": True}}]}]
+    return doc
+
+
+@pytest.mark.parametrize("width", [80, 140])
+def test_plan_topic_checks_keep_every_value(width):
+    doc = plan_doc_with_topics()
+    text = render(print_plan_report, doc, _docs.PLAN_JSON, width=width)
+    assert max(map(len, text.splitlines())) <= width
+    c = doc["topics"][0]["concepts"][0]
+    for value in ("medical_questions sycophancy_agreement", est_ci(c["alpha_before"], c["alpha_before_ci"], "+.3f"),
+                  est_ci(c["alpha_after"], c["alpha_after_ci"], "+.3f"), "+0.201 → +0.201", "unchanged", "1588"):
+        assert value in text, (width, value)
+
+
+def test_the_audit_html_has_the_topic_heat_map():
+    from ethos.runtime.report import render_audit_html
+
+    doc = audit_doc_with_topics()
+    doc["topics"][0]["concepts"][0]["examples"] = [{"id": "p<1>", "delta": 3.0, "score_chosen": 5.0,
+                                                    "score_rejected": 2.0, "prompt": "<b>bold?</b>",
+                                                    "chosen": "yes", "rejected": "no"}]
+    html = render_audit_html(doc)
+    assert '<table class="heatmap">' in html
+    assert html.count('class="cell"') == sum(len(t["concepts"]) for t in doc["topics"])
+    assert "too few pairs (3; need 10)" in html
+    assert "&lt;b&gt;bold?&lt;/b&gt;" in html and "<b>bold?</b>" not in html  # dataset text escaped
+    assert "background: #" in html  # cells filled by d
