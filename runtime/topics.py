@@ -100,29 +100,33 @@ def column_member(pairs: Sequence[Any], column: str, op: str, value: str | float
     return out
 
 
-def prompt_activations(runtime: Any, prompts: Sequence[Sequence[Any]]) -> np.ndarray:
+def prompt_activations(runtime: Any, prompts: Sequence[Sequence[Any]], *, progress: bool = True) -> np.ndarray:
     """(n, d_model) float32: each prompt rendered by the chat template (with the generation
     prompt), run to the runtime's layer, its residual stream averaged over the prompt's tokens
-    (the first token left out when there are others: its activation is an attention sink's)."""
+    (the first token left out when there are others: its activation is an attention sink's).
+    Progress (``ethos.runtime.progress``) as the stage "topic prompts"."""
     import torch
 
     from .device import to_numpy
     from .model import length_batches, tokenize_pair
+    from .progress import stage
 
     enc = runtime.encoder
     items = [tokenize_pair(runtime.tokenizer, [_message(m) for m in p], [""], max_tokens=runtime.max_tokens)
              for p in prompts]
     out = np.zeros((len(items), enc.d_model), dtype=np.float32)
-    for batch in length_batches(items, runtime.batch_size, share_prompt=False):
-        ids, mask = enc.pad([items[i].prompt for i in batch])
-        with torch.inference_mode():
-            h = enc.hidden(ids, mask).float()
-            m = mask.to(h.dtype)
-            if m.shape[1] > 1:  # leave out the first token (BOS / attention sink: huge norm, same for every prompt)
-                m[:, 0] = torch.where(m.sum(dim=1) > 1, torch.zeros_like(m[:, 0]), m[:, 0])
-            m = m[:, :, None]
-            pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-        out[batch] = to_numpy(pooled, "<f4")
+    with stage("topic prompts", total=len(items), unit="prompts", enabled=progress) as bar:
+        for batch in length_batches(items, runtime.batch_size, share_prompt=False):
+            ids, mask = enc.pad([items[i].prompt for i in batch])
+            with torch.inference_mode():
+                h = enc.hidden(ids, mask).float()
+                m = mask.to(h.dtype)
+                if m.shape[1] > 1:  # leave out the first token (BOS / attention sink: huge norm, same for every prompt)
+                    m[:, 0] = torch.where(m.sum(dim=1) > 1, torch.zeros_like(m[:, 0]), m[:, 0])
+                m = m[:, :, None]
+                pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+            out[batch] = to_numpy(pooled, "<f4")
+            bar.advance(len(batch))
     return out
 
 

@@ -101,7 +101,7 @@ def run_audit(args: argparse.Namespace) -> int:
     try:
         audit = audit_dataset(
             plan, data, model=args.model, discover=args.discover, pool=args.pool, q_max=args.q_max,
-            n_boot=args.n_boot, progress=not args.json and sys.stderr.isatty(), policy=args.policy,
+            n_boot=args.n_boot, progress=True, policy=args.policy,  # on stderr: a bar on a terminal, else a line every ~10 s
             concepts_from="policy" if args.policy else ("--concepts" if args.concepts is not None else "library"),
             validate=args.validate, length=not args.no_length, topics=args.topics,
             topic_features=args.topic_features,

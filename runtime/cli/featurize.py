@@ -124,7 +124,7 @@ def run_featurize(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             num_shards=num_shards,
             shard_index=shard_index,
-            progress=not (args.no_progress or args.json) and (launch is None or launch.is_main),
+            progress=not args.no_progress and (launch is None or launch.is_main),  # stderr: never mixes with --json
             model=args.model,
             layer=args.layer,
             share_prompt=not args.no_share_prompt,

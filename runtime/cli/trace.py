@@ -75,7 +75,7 @@ def run_trace(args: argparse.Namespace) -> int:
         print(render_all(result.diagnostics), file=sys.stderr)
     trace = trace_dataset(result.plan, data_settings(args), args.concept, topic=args.topic,
                           top=None if args.top == 0 else args.top, policy=args.policy,
-                          progress=not args.json and sys.stderr.isatty(), cluster_features=args.cluster_features)
+                          progress=True, cluster_features=args.cluster_features)  # on stderr, as every command
     if args.out:
         write_pairs_jsonl(trace, args.out)
     doc = trace.to_dict()

@@ -3,6 +3,7 @@ seconds, naming the stage, done/total and the rate; nothing for a stage that end
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -103,3 +104,23 @@ def test_plan_into_a_log_shows_progress_lines_every_interval(tmp_path, tiny_mode
     gaps = [b - a for (a, _), (b, _) in zip(ticks, ticks[1:])]
     assert len(ticks) >= 3 and max(gaps) <= 3.0, gaps  # every ~0.5 s (generous for a busy machine)
     assert any(line.startswith("Plan: ") for _, line in seen)
+
+
+@pytest.mark.parametrize("command", ["audit", "featurize", "trace"])
+def test_json_commands_into_a_log_still_show_progress(command, tmp_path, tiny_model_dir):
+    """`ethos audit|featurize|trace --json > out.json 2> log`: the JSON stays clean on stdout and the
+    progress lines go to stderr, as with every command (--json is no reason to go silent)."""
+    policy = tmp_path / "p.ethos"
+    policy.write_text(f'model "{tiny_model_dir}" layer 0;\nblock concept sycophancy;\n')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ETHOS_CACHE": str(tmp_path / "cache"),
+           progress.INTERVAL_ENV: "0.2", "ETHOS_DTYPE": "float32"}
+    env.pop("ETHOS_NO_PROGRESS", None)
+    args = {"audit": ["audit", "--policy", str(policy)], "featurize": ["featurize", "--policy", str(policy)],
+            "trace": ["trace", str(policy), "--concept", "sycophancy"]}[command]
+    exe = Path(sys.executable).with_name("ethos")
+    proc = subprocess.run([str(exe), *args, "--limit", "60", "--json"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    json.loads(proc.stdout)  # stdout is the document alone
+    assert any(re.match(r"ethos: featurize \d+/60 pairs \(\d+%\), ", line) for line in proc.stderr.splitlines()), \
+        proc.stderr[-2000:]
