@@ -64,7 +64,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         metrics = evaluate_data(args.sae, args.data, model=args.model, limit=args.limit, tokens=args.tokens or None,
-                                batch_size=args.batch_size, all_rows=args.all_rows, progress=not args.json)
+                                batch_size=args.batch_size, all_rows=args.all_rows, progress=True,
+                                all_replies=not args.subset_only)
     except EthosError as exc:
         _say(str(exc))
         return exc.exit_code
@@ -76,6 +77,10 @@ def run_eval(args: argparse.Namespace) -> int:
                 print(f"{k:20} {metrics[k]:.4f}")
         held = metrics["held_out"]
         print(f"{'tokens':20} {metrics['tokens']}  ({metrics['pairs']} pairs{', held out' if held else ''})")
+        if "dead_tokens" in metrics:
+            print(f"on all {metrics['dead_tokens']} reply tokens of the {metrics['pairs']} pairs:")
+            for k in ("dead_fraction_all_replies", "dense_fraction_all_replies"):
+                print(f"  {k:27} {metrics[k]:.4f}")
     return EXIT_OK
 
 
@@ -85,7 +90,7 @@ def run_describe(args: argparse.Namespace) -> int:
     try:
         labels, path = describe_and_store(args.sae, args.data, latents=args.latent or None, k_snippets=args.snippets,
                                           k_tokens=args.tokens, model=args.model, limit=args.limit,
-                                          progress=not args.json)
+                                          progress=True)  # stderr, never mixed with --json
     except EthosError as exc:
         _say(str(exc))
         return exc.exit_code
@@ -140,6 +145,8 @@ def register(subparsers: Any) -> None:
     s.add_argument("--tokens", type=int, default=4000, help="about N reply tokens, a fixed-seed random subset of pairs (0: all; default 4000)")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--all-rows", action="store_true", help="use every row even if the SAE was trained on this file")
+    s.add_argument("--subset-only", action="store_true",
+                   help="count dead/dense latents only on the --tokens subset (skip the pass over every reply token)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=run_eval, command="sae eval")
 

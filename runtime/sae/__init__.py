@@ -21,7 +21,7 @@ The command line lives in :mod:`ethos.runtime.cli.sae`.
 
 from __future__ import annotations
 
-from .metrics import DENSE_THRESHOLD, eval_pairs, evaluate, evaluate_data
+from .metrics import DENSE_THRESHOLD, eval_pairs, evaluate, evaluate_data, firing_counts
 from .latents import (
     LABELS_DIR,
     MARK_CLOSE,
@@ -75,6 +75,7 @@ __all__ = [
     "eval_pairs",
     "evaluate",
     "evaluate_data",
+    "firing_counts",
     "find_sae",
     "heldout_pairs",
     "is_held_out",

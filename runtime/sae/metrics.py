@@ -174,6 +174,30 @@ def evaluate(
     return acc.result()
 
 
+@torch.inference_mode()
+def firing_counts(
+    sae: Any, runtime: ModelRuntime, pairs: Sequence[Any], *, progress: bool = True, context: int = 512
+) -> tuple[np.ndarray, int]:
+    """``(counts, n)``: on how many of the ``n`` reply tokens of ``pairs`` each latent fires
+    (activation > 0). Only the truncated forward and the encoder run (no splice, no
+    cross-entropy), so it is cheap enough for every reply token of a file. Tokens are cut as in
+    :func:`evaluate` (``context`` tokens per prompt + reply)."""
+    sae_on(sae, runtime.device)
+    items = [tokenize_pair(runtime.tokenizer, p.prompt, [p.chosen, p.rejected], max_tokens=context) for p in pairs]
+    fires = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=runtime.device)
+    n = 0
+    total = sum(b - a for it in items for a, b in it.spans)
+    with stage("sae firing counts", total=total, unit="tok", enabled=progress) as bar:
+        for batch in length_batches(items, runtime.batch_size):
+            flat = [a for per in runtime.encoder.encode_batch([items[i] for i in batch]) for a in per if a.shape[0]]
+            if flat:
+                x = torch.cat(flat).float()
+                fires += (sae.encode(x) > 0).sum(dim=0).double()
+                n += x.shape[0]
+            bar.advance(min(n, total) - bar.done)
+    return to_numpy(fires).astype(np.int64), n
+
+
 def _sample(runtime: ModelRuntime, pairs: Sequence[Any], max_tokens: int | None, context: int) -> list[PairTokens]:
     """The pairs tokenised, or (``max_tokens``) a fixed-seed random subset of them holding about
     ``max_tokens`` reply tokens, tokenised as drawn (the rest never are)."""
@@ -220,10 +244,16 @@ def evaluate_data(
     batch_size: int = 8,
     all_rows: bool = False,
     progress: bool = True,
+    all_replies: bool = True,
 ) -> dict[str, Any]:
     """``ethos sae eval``: the SAE named ``sae`` evaluated on the preference data ``data`` (its
     held-out rows when the SAE was trained on it; about ``tokens`` reply tokens, None for all).
-    Returns the metrics with ``sae``, ``layer``, ``data``, ``held_out`` and ``pairs``."""
+    Returns the metrics with ``sae``, ``layer``, ``data``, ``held_out`` and ``pairs``.
+
+    With ``all_replies`` the dead and dense fractions are also measured on *every* reply token
+    of those pairs (``dead_fraction_all_replies``, ``dense_fraction_all_replies``, over
+    ``dead_tokens`` tokens), not only on the ``tokens`` subset the other metrics use: "never
+    fires on a few thousand tokens" overstates deadness when there are thousands of latents."""
     folder = find_sae(sae)
     loaded = load_sae(folder)
     pairs, held = eval_pairs(folder, data, limit, all_rows)
@@ -231,5 +261,14 @@ def evaluate_data(
         say(f"the SAE was trained on {os.fspath(data)}: evaluating on its {len(pairs)} held-out rows")
     runtime = sae_runtime(loaded, model, batch_size=batch_size)
     metrics = evaluate(loaded, runtime, pairs, max_tokens=tokens, progress=progress)
+    if all_replies:
+        if tokens is None:  # the eval already covered every reply token
+            counts_n = metrics["tokens"]
+            dead, dense = metrics["dead_fraction"], metrics["dense_fraction"]
+        else:
+            counts, counts_n = firing_counts(loaded, runtime, pairs, progress=progress)
+            freq = counts / max(counts_n, 1)
+            dead, dense = float((counts == 0).mean()), float((freq > DENSE_THRESHOLD).mean())
+        metrics.update(dead_fraction_all_replies=dead, dense_fraction_all_replies=dense, dead_tokens=counts_n)
     return {"sae": str(folder) if isinstance(folder, Path) else folder.spec, "layer": runtime.layer, "data": os.fspath(data), "held_out": held, "pairs": len(pairs),
             **metrics}

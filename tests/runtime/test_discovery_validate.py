@@ -5,8 +5,9 @@ docs/audit.md has the full-size figures).
 The first 80 pairs of the embedded hh-rlhf sample, " Hope this helps." planted, half of the pairs
 held out of discovery (seeded by pair): on a 70%/10% planting the top candidate's label contains
 "hope" or "helps" and its held-out q < 0.01; on 40%/40% plantings no candidate replicates on the
-held-out pairs — at discovery's default level (where 80 pairs leave no candidate at all) and at a
-lenient q < 0.5 (which leaves some: 10 and 4 in two of three plantings when this was written). The
+held-out pairs at discovery's default level (where 80 pairs leave no candidate at all), and at a
+lenient q < 0.5 (which leaves some) no candidate built on the phrase replicates — with the k = 64
+default SAE a few real hh-rlhf differences (labels such as "really", "great") can. The
 pooled latents are those of ``tests/runtime/test_discovery_real.py`` (same
 pairs, same phrase): ``bench.doubled_activations`` caches them under the ethos cache, so after
 that test this one skips the forward pass.
@@ -48,8 +49,12 @@ def test_planted_phrase_is_labelled_and_replicates_and_the_control_does_not(benc
     assert "hope" in top["name"] or "helps" in top["name"]
     # ... and replicates on the 40 pairs discovery never saw
     assert val["top_heldout"]["q"] < 0.01 and val["top_heldout"]["d"] > 0 and val["top_replicated"] is True
-    # the 40%/40% controls: nothing replicates, also when discovery is lenient and finds candidates
+    # the 40%/40% control: nothing replicates at the default level
     assert control["validation"]["replicated"] == 0, control["top3"]
     assert not control["top3_has_phrase"]
+    # lenient discovery (q < 0.5) finds candidates in the controls; some are real chosen/rejected
+    # differences of hh-rlhf that may replicate, but none that replicates is built on the phrase,
+    # which the controls put on both sides equally
     assert sum(r["candidates"] for r in lenient["control"]) >= 1
-    assert all(r["validation"]["replicated"] == 0 for r in lenient["control"]), [r["top3"] for r in lenient["control"]]
+    assert all(r["validation"]["replicated_with_phrase"] == 0 for r in lenient["control"]), \
+        [r["validation"] for r in lenient["control"]]

@@ -23,6 +23,7 @@ from ethos.runtime.sae import (
     eval_pairs,
     evaluate,
     find_sae,
+    firing_counts,
     heldout_pairs,
     is_held_out,
     load_labels,
@@ -280,6 +281,35 @@ def test_describe_finds_planted_token(tmp_path: Path, runtime_of, monkeypatch: p
     assert lab["tokens"][0] == token
     assert lab["max_activation"] > 0 and 0 < lab["frequency"] < 0.2
     assert labels[1]["snippets"] == [] and labels[1]["frequency"] == 0.0
+
+
+def test_dead_latents_on_every_reply_token(tmp_path: Path, runtime_of, tiny_model_dir: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    folder, _, target = _planted(tmp_path, runtime_of)
+    sae = load_sae(folder)
+    rt = runtime_of(sae)
+    pairs = _pairs()
+    counts, n = firing_counts(sae, rt, pairs, progress=False)
+    from ethos.runtime.model import tokenize_pair
+
+    items = [tokenize_pair(rt.tokenizer, p.prompt, [p.chosen, p.rejected]) for p in pairs]
+    reply_ids = [t for it in items for (a, b), c in zip(it.spans, it.continuations) for t in c[a:b]]
+    assert n == len(reply_ids) == evaluate(sae, rt, pairs, splice=False, progress=False)["tokens"]
+    assert counts.tolist() == [reply_ids.count(target), 0]  # latent 0 fires on each planted token, latent 1 never
+    data = _write_pairs(tmp_path / "prefs.jsonl", pairs)
+    base = ["sae", "eval", str(folder), "--data", str(data), "--model", str(tiny_model_dir), "--json", "--tokens", "1"]
+    assert main(base) == 0
+    got = json.loads(capsys.readouterr().out)
+    # CE and EV on the one pair drawn; dead/dense on every reply token of the file
+    assert got["tokens"] < got["dead_tokens"] == n
+    assert got["dead_fraction_all_replies"] == 0.5 and got["dead_fraction"] >= 0.5
+    assert got["dense_fraction_all_replies"] == float(reply_ids.count(target) / n > 0.1) / 2
+    assert main(base + ["--subset-only"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert "dead_tokens" not in got and "dead_fraction_all_replies" not in got
+    assert main(base[:-2] + ["--tokens", "0"]) == 0  # everything evaluated: the same tokens
+    got = json.loads(capsys.readouterr().out)
+    assert got["dead_tokens"] == got["tokens"] == n and got["dead_fraction_all_replies"] == got["dead_fraction"] == 0.5
 
 
 def test_pooled_latents(tmp_path: Path, runtime_of) -> None:
