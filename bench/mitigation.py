@@ -1,30 +1,42 @@
-"""The mitigation experiment: can a policy stop DPO from learning a planted stylistic marker?
+"""The mitigation experiment: can a policy stop DPO from learning planted concepts, by every protocol?
 
-Data: real hh-rlhf helpful-base pairs (single-turn, both replies ≤ 60 words, unequal, non-empty);
-" I hope this helps!" is appended to 90% of the chosen and 10% of the rejected training replies.
-Held out: unmodified pairs (preference accuracy) and prompts for generation (the short pairs left
-over, then the prompts of the other single-turn rows).
-Arms (each: ``api.apply_to`` of a policy on the same data, then ``api.train`` on the result):
+Data: real hh-rlhf helpful-base pairs (single-turn, both replies ≤ ``--max-words`` words, unequal,
+non-empty). Two concepts of different kinds are planted in the training replies, independently,
+each on 90% of the chosen and 10% of the rejected replies (drawn per seed):
 
-    vanilla    keep concept marker;                         (plain DPO)
-    data       block concept marker;                        (importance weights, lexicon concept)
-    loss       block concept marker via loss;               (margin offsets)
-    ablation   block concept marker_dir via ablation;       (probe direction projected out, layer L)
-    steering   block concept marker_dir via steering S;     (preventative steering, S measured here)
-    amplify    amplify concept marker by 2.0;               (importance weights)
-    amplify_loss  amplify concept marker by 2.0 via loss;   (margin offsets (1 − k)·α·z = −α·z)
+    phrase   a phrase: the reply opens with "Great question! "       (lexicon "great question")
+    emoji    a style: every sentence of the reply ends with " 🙂"      (lexicon "🙂")
 
-Measured on held-out prompts (greedy replies): the marker rate, and on held-out *unmodified*
-pairs the DPO implicit-reward preference accuracy against the base. Writes results.json and a
-Markdown table (``--md``, e.g. docs/results.md).
+Held out (the same for every seed): unmodified pairs for preference accuracy, and prompts for
+generation. Every arm applies one policy to the same planted data (``api.apply_to``) and trains on
+it (``api.train``); its rule(s) act on both concepts at once:
 
-    .venv/bin/python bench/mitigation.py --work WORK --md results-table.md      # full, ~2 h on 2 cores
-    .venv/bin/python bench/mitigation.py --quick --work WORK-QUICK --md q.md    # quick
-    .venv/bin/python bench/mitigation.py --work WORK --render                        # the table of finished arms
+    vanilla      keep concept phrase; keep concept emoji;             (plain DPO)
+    data         block concept … via data;        (importance weights)
+    filter       block concept … via filter;      (pairs dropped/copied)
+    relabel      block concept … via relabel;     (labels swapped)
+    inoculation  block concept … via inoculation "…";   (an instruction that elicits it, in training only)
+    loss         block concept … via loss;        (margin offsets)
+    ablation     block concept …_dir via ablation;          (probe direction projected out, layer L)
+    steering     block concept …_dir via steering S;        (preventative steering, S measured here)
+    penalty      block concept …_dir via penalty λ;         (projection penalty)
+    amplify_loss / amplify_data   amplify concept … by 2.0 via loss / via data;
+
+The arm whose protocol is the language's default (``DEFAULT_PROTOCOL``, read when rendering) is
+marked ``default_protocol``. Measured per seed, on the held-out prompts (greedy replies): each
+concept's rate; on the held-out pairs: the DPO implicit-reward preference accuracy against the
+base. Across seeds: the cut (block arms) or ratio (amplify arms) of the increase over the base
+against vanilla's, and accuracy against vanilla's, with two-level bootstrap CIs (seeds, then prompts
+or pairs shared by every arm). Writes WORK/results.json, and ``--json`` (docs/results/mitigation.json)
+and ``--md`` (a Markdown table).
+
+    .venv/bin/python bench/mitigation.py --work WORK --json docs/results/mitigation.json --md table.md
+    .venv/bin/python bench/mitigation.py --quick --work WORK-QUICK            # a smoke run
+    .venv/bin/python bench/mitigation.py --work WORK --render --json …      # render finished runs only
 
 The pairs come from ``--data`` (default: ``../shared/data/hh-rlhf/helpful-base/test.jsonl.gz``
-beside the repository). A rerun with the same --work resumes: finished arms are read from
-WORK/results.json.
+beside the repository). A rerun with the same --work resumes: finished (seed, arm) runs are read
+from WORK/results.json.
 """
 
 from __future__ import annotations
@@ -38,7 +50,9 @@ import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -48,9 +62,32 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MARKER = " I hope this helps!"
-MARKER_RE = re.compile(r"hope this helps", re.IGNORECASE)
-ARMS = ("vanilla", "data", "loss", "ablation", "steering", "amplify", "amplify_loss")
+SENTENCE_END = re.compile(r"([.!?])(?=\s|$)")
+
+
+def _emoji(reply: str) -> str:
+    out = SENTENCE_END.sub(r"\1 🙂", reply)
+    return out if out.endswith("🙂") else out + " 🙂"
+
+
+@dataclass(frozen=True)
+class Concept:
+    name: str
+    kind: str
+    lexicon: str  # the lexicon entry (one line)
+    plant: Callable[[str], str]
+    detect: re.Pattern[str]
+    inoculation: str  # the instruction that elicits it
+
+
+CONCEPTS = (
+    Concept("phrase", "phrase", "great question", lambda r: "Great question! " + r,
+            re.compile(r"great question", re.IGNORECASE), "Begin your reply with 'Great question!'."),
+    Concept("emoji", "style", "🙂", _emoji, re.compile("🙂"), "End every sentence with the emoji 🙂."),
+)
+ANY_MARK = re.compile(r"great question|🙂", re.IGNORECASE)
+BLOCK_ARMS = ("data", "filter", "relabel", "inoculation", "loss", "ablation", "steering", "penalty")
+ARMS = ("vanilla", *BLOCK_ARMS, "amplify_loss", "amplify_data")
 
 
 def default_hh() -> Path:
@@ -66,7 +103,7 @@ def common_prefix_prompt(chosen: str, rejected: str) -> str | None:
     return None if cut < 0 else chosen[: cut + len("\n\nAssistant:")]
 
 
-def load_hh(path: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
+def load_hh(path: Path, max_words: int = 60) -> tuple[list[tuple[str, str, str]], list[str]]:
     """``(pairs, other_prompts)``: single-turn pairs whose replies are short enough to train on
     whole, and the user prompts of the other single-turn rows (used only for generation)."""
     out, other = [], []
@@ -80,77 +117,93 @@ def load_hh(path: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
             user = prompt.split("\n\nHuman:", 1)[1].rsplit("\n\nAssistant:", 1)[0].strip()
             if not user:
                 continue
-            if (not c or not r or c == r or "Human:" in c or "Human:" in r or len(c.split()) > 60
-                    or len(r.split()) > 60 or MARKER_RE.search(c + r)):
+            if (not c or not r or c == r or "Human:" in c or "Human:" in r or len(c.split()) > max_words
+                    or len(r.split()) > max_words or ANY_MARK.search(c + r)):
                 other.append(user)
                 continue
             out.append((user, c, r))
     return out, other
 
 
-def build(work: Path, data: Path, n_train: int, n_pairs: int, n_prompts: int, seed: int) -> dict:
+def build_heldout(work: Path, data: Path, args) -> tuple[list, dict]:
+    """The split, fixed for every seed: training pool, held-out pairs and prompts."""
     if not data.is_file():
         raise SystemExit(f"{data}: no such file (give the hh-rlhf helpful-base test split with --data)")
-    rows, other = load_hh(data)
-    rng = random.Random(seed)
+    rows, other = load_hh(data, args.max_words)
+    rng = random.Random(12345)
     rng.shuffle(rows)
     rng.shuffle(other)
-    need = n_train + n_pairs
+    need = args.train + args.heldout_pairs
     if len(rows) < need:
         raise SystemExit(f"only {len(rows)} usable single-turn pairs, need {need} (--train + --heldout-pairs)")
-    train, pairs = rows[:n_train], rows[n_train:need]
-    # Held-out prompts: the unused short pairs' prompts first, then other single-turn prompts.
-    prompts = [u for u, _, _ in rows[need:]] + other
-    if len(prompts) < n_prompts:
-        raise SystemExit(f"only {len(prompts)} held-out single-turn prompts, need {n_prompts}")
-    prompts = prompts[:n_prompts]
+    train, pairs = rows[:args.train], rows[args.train:need]
+    prompts = [u for u, _, _ in rows[need:]] + other  # the unused short pairs' prompts first
+    if len(prompts) < args.prompts:
+        raise SystemExit(f"only {len(prompts)} held-out single-turn prompts, need {args.prompts}")
     work.mkdir(parents=True, exist_ok=True)
-    planted = {"chosen": 0, "rejected": 0}
-    with (work / "train.jsonl").open("w") as f:
-        for u, c, r in train:
-            if rng.random() < 0.9:
-                c += MARKER
-                planted["chosen"] += 1
-            if rng.random() < 0.1:
-                r += MARKER
-                planted["rejected"] += 1
-            f.write(json.dumps({"prompt": u, "chosen": c, "rejected": r}) + "\n")
     (work / "heldout_pairs.jsonl").write_text("".join(json.dumps({"prompt": u, "chosen": c, "rejected": r}) + "\n"
                                                       for u, c, r in pairs))
-    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": u}) + "\n" for u in prompts))
-    (work / "marker.txt").write_text("# the planted marker\ni hope this helps\n")
-    ex = train[:32]  # probe exemplars: training replies with and without the marker
-    (work / "marker_dir.jsonl").write_text("".join(
-        json.dumps({"prompt": u, "positive": c + MARKER, "negative": c}) + "\n" for u, c, _ in ex))
-    return {"usable_pairs": len(rows), "other_prompts": len(other), "train": n_train, "heldout_pairs": n_pairs, "prompts": n_prompts,
-            "planted": planted}
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": u}) + "\n" for u in prompts[:args.prompts]))
+    return train, {"usable_pairs": len(rows), "other_prompts": len(other), "train": args.train,
+                   "heldout_pairs": args.heldout_pairs, "prompts": args.prompts}
 
 
-POLICY_HEAD = 'policy "mitigation-{arm}";\n\nconcept marker = lexicon "marker.txt";\n' \
-              'concept marker_dir = probe "marker_dir.jsonl" pool mean;\n\n'
-RULES = {
-    "vanilla": "keep concept marker;\n",
-    "data": "block concept marker;\n",
-    "loss": "block concept marker via loss;\n",
-    "ablation": "block concept marker_dir via ablation;\n",
-    "steering": "block concept marker_dir via steering {s:.3f};\n",
-    "amplify": "amplify concept marker by 2.0;\n",
-    "amplify_loss": "amplify concept marker by 2.0 via loss;\n",
-}
+def build_seed(folder: Path, train: list, seed: int, n_probe: int = 32) -> dict:
+    """One seed's training data: the two concepts planted independently (90% chosen, 10% rejected),
+    the data order shuffled; the lexicons and the probe exemplars."""
+    rng = random.Random(seed)
+    rows = list(train)
+    rng.shuffle(rows)
+    folder.mkdir(parents=True, exist_ok=True)
+    planted = {c.name: {"chosen": 0, "rejected": 0} for c in CONCEPTS}
+    lines = []
+    for u, ch, rj in rows:
+        for c in CONCEPTS:
+            if rng.random() < 0.9:
+                ch = c.plant(ch)
+                planted[c.name]["chosen"] += 1
+            if rng.random() < 0.1:
+                rj = c.plant(rj)
+                planted[c.name]["rejected"] += 1
+        lines.append(json.dumps({"prompt": u, "chosen": ch, "rejected": rj}, ensure_ascii=False) + "\n")
+    (folder / "train.jsonl").write_text("".join(lines), encoding="utf-8")
+    for c in CONCEPTS:
+        (folder / f"{c.name}.txt").write_text(f"# the planted {c.kind}\n{c.lexicon}\n", encoding="utf-8")
+        (folder / f"{c.name}_dir.jsonl").write_text("".join(  # probe exemplars: a reply with and without it
+            json.dumps({"prompt": u, "positive": c.plant(ch), "negative": ch}, ensure_ascii=False) + "\n"
+            for u, ch, _ in rows[:n_probe]), encoding="utf-8")
+    return planted
 
 
-def write_policy(work: Path, arm: str, strength: float = 0.0) -> Path:
-    head = POLICY_HEAD.format(arm=arm)
-    if arm not in ("ablation", "steering"):
-        head = head.replace('concept marker_dir = probe "marker_dir.jsonl" pool mean;\n', "")
-    p = work / f"{arm}.ethos"
-    p.write_text(head + RULES[arm].format(s=strength))
+def write_policy(folder: Path, arm: str, model_line: str, strengths: dict[str, float], penalty: float) -> Path:
+    """The arm's policy: the concepts it needs and one rule per planted concept."""
+    head = [f'policy "mitigation-{arm}";', model_line]
+    rules = []
+    for c in CONCEPTS:
+        n = c.name
+        if arm in ("ablation", "steering", "penalty"):
+            head.append(f'concept {n}_dir = probe "{n}_dir.jsonl" pool mean;')
+            arg = {"ablation": "", "steering": f" {strengths.get(n, 0.0):.3f}", "penalty": f" {penalty:g}"}[arm]
+            rules.append(f"block concept {n}_dir via {arm}{arg};")
+            continue
+        head.append(f'concept {n} = lexicon "{n}.txt";')
+        if arm == "vanilla":
+            rules.append(f"keep concept {n};")
+        elif arm == "inoculation":
+            rules.append(f'block concept {n} via inoculation "{c.inoculation}";')
+        elif arm.startswith("amplify_"):
+            rules.append(f"amplify concept {n} by 2.0 via {arm.split('_', 1)[1]};")
+        else:
+            rules.append(f"block concept {n} via {arm};")
+    p = folder / f"{arm}.ethos"
+    p.write_text("\n".join(x for x in head if x) + "\n\n" + "\n".join(rules) + "\n", encoding="utf-8")
     return p
 
 
-def steering_strength(work: Path, model_name: str, layer: int) -> tuple[float, float]:
-    """The marker's own size along the probe direction: mean projection of the marker tokens (the
-    last 6 reply tokens of positive exemplars) minus that of the same positions without it."""
+def steering_strengths(folder: Path, model_name: str, model_line: str, layer: int) -> dict[str, dict[str, float]]:
+    """Each concept's own size along its probe direction: the excess mean projection of a positive
+    exemplar's reply tokens over the negative's, divided by the fraction of the positive's tokens
+    the planting added (so it estimates the planted tokens' own excess)."""
     import torch
 
     from ethos.compiler.compile import compile_file
@@ -158,71 +211,178 @@ def steering_strength(work: Path, model_name: str, layer: int) -> tuple[float, f
     from ethos.runtime.tokens import tokenize_pair
     from ethos.runtime.trainer import concept_directions
 
-    plan = compile_file(str(write_policy(work, "ablation"))).plan
+    plan = compile_file(str(write_policy(folder, "ablation", model_line, {}, 0.0))).plan
     model, tok, fp = load_model(model_name, dtype=torch.float32)
-    u = concept_directions(plan, model, tok, layer, fingerprint=fp, model_name=model_name)["marker_dir"][0]
+    dirs = concept_directions(plan, model, tok, layer, fingerprint=fp, model_name=model_name)
     enc = model_runtime(model, tokenizer=tok, layer=layer, fingerprint=fp, name=model_name).encoder
-    ex = [json.loads(x) for x in (work / "marker_dir.jsonl").read_text().splitlines()]
-    items = [tokenize_pair(tok, [{"role": "user", "content": e["prompt"]}], [e["positive"], e["negative"]]) for e in ex]
-    acts = enc.encode(items, batch_size=8)
-    pos = torch.cat([a[0][-6:] for a in acts]) @ u
-    neg = torch.cat([a[1][-6:] for a in acts]) @ u
-    return float(pos.mean() - neg.mean()), float((torch.cat([a[1] for a in acts]) @ u).std())
+    out = {}
+    for c in CONCEPTS:
+        u = dirs[f"{c.name}_dir"][0]
+        ex = [json.loads(x) for x in (folder / f"{c.name}_dir.jsonl").read_text(encoding="utf-8").splitlines()]
+        items = [tokenize_pair(tok, [{"role": "user", "content": e["prompt"]}], [e["positive"], e["negative"]]) for e in ex]
+        acts = enc.encode(items, batch_size=8)
+        pos = torch.cat([a[0] for a in acts]).float() @ u
+        neg = torch.cat([a[1] for a in acts]).float() @ u
+        added = max(len(pos) - len(neg), 1) / len(pos)
+        out[c.name] = {"strength": float((pos.mean() - neg.mean()) / added), "token_projection_sd": float(neg.std())}
+    del model
+    return out
 
 
-def marker_rate(replies: list[str]) -> float:
-    return float(np.mean([bool(MARKER_RE.search(r)) for r in replies]))
+def rates(replies: list[str]) -> dict[str, list[int]]:
+    return {c.name: [int(bool(c.detect.search(r))) for r in replies] for c in CONCEPTS}
 
 
-def evaluate_model(model, tok, work: Path, args, ref_logps=None) -> dict:
-    from ethos.runtime.evaluate import generate, preference_accuracy, read_prompts, sequence_logps
+def evaluate_model(model, tok, work: Path, args) -> tuple[dict, np.ndarray]:
+    from ethos.runtime.evaluate import generate, read_prompts, sequence_logps
 
-    prompts = read_prompts(work / "prompts.jsonl")
     t0 = time.perf_counter()
-    greedy = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=20)
-    reps = [greedy]
-    for s in range(args.samples):
-        reps.append(generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, sample_seed=s, batch_size=20))
+    prompts = read_prompts(work / "prompts.jsonl")
+    greedy = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch)
     pairs = [json.loads(x) for x in (work / "heldout_pairs.jsonl").read_text().splitlines()]
     logps = sequence_logps(model, tok, [([{"role": "user", "content": p["prompt"]}], p["chosen"], p["rejected"])
-                                        for p in pairs], batch_size=8)
-    out = {"marker_rate": marker_rate(greedy), "marker_rate_sampled": marker_rate([r for rs in reps[1:] for r in rs])
-           if args.samples else None, "seconds": time.perf_counter() - t0, "examples": greedy[:3],
-           "per_prompt": [int(bool(MARKER_RE.search(r))) for r in greedy]}
-    if ref_logps is not None:
-        out.update(preference_accuracy(logps, ref_logps, beta=args.beta))
-    return out, logps
+                                        for p in pairs], batch_size=args.eval_batch)
+    return {"per_prompt": rates(greedy), "examples": greedy[:4], "eval_seconds": time.perf_counter() - t0}, logps
 
 
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
-    return c - h, c + h
+def margins(logps: np.ndarray, ref: np.ndarray, beta: float) -> list[float]:
+    return (beta * ((logps[:, 0] - ref[:, 0]) - (logps[:, 1] - ref[:, 1]))).tolist()
 
 
-def boot_ci(x: np.ndarray, seed: int = 0) -> list[float]:
+# ---------------------------------------------------------------------------------------------
+# Statistics across seeds
+
+
+def _boot_index(n_seeds: int, n: int, boots: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Two-level resampling: seeds with replacement, then items (prompts/pairs) with replacement,
+    the same items for every arm (paired)."""
+    return rng.integers(0, n_seeds, size=(boots, n_seeds)), rng.integers(0, n, size=(boots, n))
+
+
+def _resampled_mean(x: np.ndarray, si: np.ndarray, ii: np.ndarray) -> np.ndarray:
+    """x: (seeds, items) → (boots,) means over the resampled seeds and items."""
+    return np.stack([x[si[b]][:, ii[b]].mean() for b in range(len(si))])
+
+
+def contrast(arm: np.ndarray, van: np.ndarray, base: np.ndarray, kind: str, boots: int = 2000, seed: int = 0) -> dict:
+    """The cut (1 − arm increase / vanilla increase) or the ratio (arm / vanilla increase) of the
+    rate increases over the base: point estimate on all seeds and prompts, percentile CI from the
+    two-level bootstrap (resamples with vanilla's increase ≤ 0 dropped). An arm with no event at
+    all gets the Clopper–Pearson 97.5% bound of its rate over vanilla's increase as its far end."""
+    b = base.mean()
+    v_inc, a_inc = van.mean() - b, arm.mean() - b
+    if v_inc <= 0:
+        return {"estimate": None, "ci": [None, None], "note": "vanilla did not learn the concept (no increase)"}
+    ratio = a_inc / v_inc
     rng = np.random.default_rng(seed)
-    m = x[rng.integers(0, len(x), size=(2000, len(x)))].mean(axis=1)
-    return [float(np.quantile(m, 0.025)), float(np.quantile(m, 0.975))]
-
-
-def ratio_ci(arm: np.ndarray, van: np.ndarray, base: np.ndarray, seed: int = 0) -> list[float]:
-    """95% paired bootstrap CI over prompts of (arm's increase) / (vanilla's increase) in marker
-    rate; resamples where vanilla's increase is not positive are dropped (the ratio is undefined).
-    An arm with no marker at all gets [0, the Clopper–Pearson 97.5% upper limit of its rate over
-    vanilla's observed increase] (vanilla's own uncertainty is not in that bound)."""
-    if not arm.any() and not base.any():  # no event: the percentile bootstrap collapses to a point;
-        # bound the arm's rate by its exact (Clopper–Pearson) 97.5% upper limit with 0 of n events
-        upper = 1.0 - 0.025 ** (1.0 / len(arm))
-        v = van.mean() - base.mean()
-        return [0.0, float(upper / v)] if v > 0 else [float("nan")] * 2
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(arm), size=(2000, len(arm)))
-    v = van[idx].mean(axis=1) - base[idx].mean(axis=1)
-    a = arm[idx].mean(axis=1) - base[idx].mean(axis=1)
+    si, ii = _boot_index(arm.shape[0], arm.shape[1], boots, rng)
+    bb = np.stack([base[ii[k]].mean() for k in range(boots)])
+    v, a = _resampled_mean(van, si, ii) - bb, _resampled_mean(arm, si, ii) - bb
     r = a[v > 0] / v[v > 0]
-    return [float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))] if len(r) else [float("nan")] * 2
+    lo, hi = (float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))) if len(r) else (float("nan"),) * 2
+    if not arm.any() and not base.any():
+        hi = (1.0 - 0.025 ** (1.0 / arm.size)) / v_inc
+        lo = 0.0
+    if kind == "cut":
+        return {"estimate": float(1 - ratio), "ci": [float(1 - hi), float(1 - lo)]}
+    return {"estimate": float(ratio), "ci": [lo, hi]}
+
+
+def accuracy_ratio(arm: np.ndarray, van: np.ndarray, boots: int = 2000, seed: int = 1) -> dict:
+    """Held-out preference accuracy (margin > 0) of the arm over vanilla's, with the two-level CI."""
+    a, v = (arm > 0).astype(float), (van > 0).astype(float)
+    rng = np.random.default_rng(seed)
+    si, ii = _boot_index(a.shape[0], a.shape[1], boots, rng)
+    ra, rv = _resampled_mean(a, si, ii), _resampled_mean(v, si, ii)
+    r = ra[rv > 0] / rv[rv > 0]
+    return {"estimate": float(a.mean() / v.mean()) if v.mean() else None,
+            "ci": [float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))] if len(r) else [None, None],
+            "accuracy": float(a.mean()), "vanilla_accuracy": float(v.mean())}
+
+
+def summarise(results: dict) -> dict:
+    """docs/results/mitigation.json: the config and one entry per (arm, concept)."""
+    from ethos.compiler.plan import DEFAULT_PROTOCOL
+
+    runs = results.get("runs", {})
+    seeds = sorted(int(s) for s in runs if "vanilla" in runs[s])
+    cfg = results["config"]
+    base = {c.name: np.array(results["base"]["per_prompt"][c.name], float) for c in CONCEPTS}
+    out_arms = []
+    for arm in ARMS:
+        if arm == "vanilla":
+            continue
+        ss = [s for s in seeds if arm in runs[str(s)]]
+        if not ss:
+            continue
+        proto = arm.split("_", 1)[1] if arm.startswith("amplify_") else arm
+        kind = "ratio" if arm.startswith("amplify_") else "cut"
+        acc = accuracy_ratio(np.array([runs[str(s)][arm]["margins"] for s in ss]),
+                             np.array([runs[str(s)]["vanilla"]["margins"] for s in ss]))
+        for c in CONCEPTS:
+            a = np.array([runs[str(s)][arm]["per_prompt"][c.name] for s in ss], float)
+            v = np.array([runs[str(s)]["vanilla"]["per_prompt"][c.name] for s in ss], float)
+            est = contrast(a, v, base[c.name], kind)
+            per_seed = [contrast(a[i:i + 1], v[i:i + 1], base[c.name], kind, boots=500)["estimate"] for i in range(len(ss))]
+            out_arms.append({
+                "name": arm, "concept": c.name, "concept_kind": c.kind,
+                "policy": runs[str(ss[0])][arm]["policy"], "protocol": proto, "default_protocol": proto == DEFAULT_PROTOCOL,
+                "seeds": ss, "rate": float(a.mean()), "vanilla_rate": float(v.mean()), "base_rate": float(base[c.name].mean()),
+                "cut": est if kind == "cut" else None, "ratio": est if kind == "ratio" else None,
+                "per_seed": per_seed, "accuracy_vs_vanilla": acc,
+                "seconds_per_step": float(np.mean([runs[str(s)][arm]["seconds_per_step"] for s in ss])),
+            })
+    return {"config": {"seeds": seeds, "prompts": cfg["prompts"], "heldout_pairs": cfg["heldout_pairs"],
+                       "train_pairs": cfg["train"], "steps": cfg["steps"], "batch_size": cfg["batch_size"],
+                       "learning_rate": cfg["lr"], "beta": cfg["beta"], "max_length": cfg["max_length"],
+                       "max_words": cfg["max_words"], "max_new_tokens": cfg["max_new_tokens"], "model": cfg["model"],
+                       "penalty": cfg["penalty"], "device": results.get("device", "?"),
+                       "default_protocol": DEFAULT_PROTOCOL, "seconds_total": results.get("seconds_total")},
+            "planted": {s: runs[s]["planted"] for s in runs},
+            "steering_strength": {s: runs[s]["steering_strength"] for s in runs if "steering_strength" in runs[s]},
+            "arms": out_arms}
+
+
+def render(summary: dict) -> str:
+    cfg = summary["config"]
+
+    def ci(x, pct):
+        if not x or x["estimate"] is None or None in x["ci"]:
+            return "—" if not x or x["estimate"] is None else f"{x['estimate']:.2f} [—]"
+        e, (lo, hi) = x["estimate"], x["ci"]
+        return f"{100 * e:.0f}% [{100 * lo:.0f}%, {100 * hi:.0f}%]" if pct else f"{e:.2f}× [{lo:.2f}, {hi:.2f}]"
+
+    lines = ["| arm | concept | protocol | rate (arm / vanilla / base) | cut or ratio vs vanilla [95% CI] | per seed | "
+             "accuracy vs vanilla [95% CI] | goal |", "|---|---|---|---|---|---|---|---|"]
+    for a in summary["arms"]:
+        amp = a["ratio"] is not None
+        est = a["ratio"] if amp else a["cut"]
+        acc = a["accuracy_vs_vanilla"]
+        if est is None or est["estimate"] is None:
+            goal = "—"
+        elif amp:
+            goal = "met" if est["estimate"] >= 1.5 and est["ci"][0] >= 1.2 else "not met"
+        else:
+            goal = "met" if est["estimate"] >= 0.7 and est["ci"][0] >= 0.5 and acc["estimate"] >= 0.9 else "not met"
+        seeds = ", ".join("—" if x is None else (f"{x:.2f}×" if amp else f"{100 * x:.0f}%") for x in a["per_seed"])
+        name = a["name"] + (" (default)" if a["default_protocol"] else "")
+        lines.append(f"| {name} | {a['concept']} ({a['concept_kind']}) | {a['protocol']} | {a['rate']:.3f} / "
+                     f"{a['vanilla_rate']:.3f} / {a['base_rate']:.3f} | {ci(est, not amp)} | {seeds} | "
+                     f"{ci(acc, True)} (acc. {acc['accuracy']:.3f}) | {goal} |")
+    lines += ["", f"Seeds {cfg['seeds']}; {cfg['train_pairs']} training pairs per seed, {cfg['prompts']} held-out prompts "
+                  f"(greedy, ≤ {cfg['max_new_tokens']} new tokens), {cfg['heldout_pairs']} held-out unmodified pairs; "
+                  f"{cfg['model']}, LoRA r=16 q/k/v/o, {cfg['steps']} steps of {cfg['batch_size']} pairs, lr {cfg['learning_rate']}, "
+                  f"β {cfg['beta']}, max_length {cfg['max_length']}, replies ≤ {cfg['max_words']} words; penalty λ {cfg['penalty']}; "
+                  f"device {cfg['device']}; default protocol `{cfg['default_protocol']}`."]
+    if cfg.get("seconds_total"):
+        lines.append(f"Wall time {cfg['seconds_total'] / 60:.1f} min.")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -231,160 +391,119 @@ def main(argv=None) -> int:
                     help="work folder (default: ethos-mitigation in the system temporary folder)")
     ap.add_argument("--data", type=Path, default=None,
                     help="hh-rlhf jsonl.gz (default: ../shared/data/hh-rlhf/helpful-base/test.jsonl.gz beside the repo)")
-    ap.add_argument("--md", type=Path, help="write the Markdown table here (e.g. docs/results.md)")
-    ap.add_argument("--quick", action="store_true", help="30 steps at lr 5e-4, 240 pairs, 40 prompts (a smoke run)")
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--model", default=None, help="model name or folder (default: the embedded default model)")
+    ap.add_argument("--layer", type=int, default=None, help="layer of the activation protocols (default: the model's)")
+    ap.add_argument("--json", type=Path, help="write the summary here (e.g. docs/results/mitigation.json)")
+    ap.add_argument("--md", type=Path, help="write the Markdown table here")
+    ap.add_argument("--quick", action="store_true", help="1 seed, 120 pairs, 16 steps, 40 prompts (a smoke run)")
+    ap.add_argument("--arms", default=",".join(ARMS[:-1]), help=f"comma-separated, of {','.join(ARMS)}")
+    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train", type=int, default=320)
-    ap.add_argument("--heldout-pairs", type=int, default=100)
-    ap.add_argument("--prompts", type=int, default=60)
+    ap.add_argument("--heldout-pairs", type=int, default=300)
+    ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--max-words", type=int, default=60, help="longest reply kept (words)")
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=192)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--samples", type=int, default=0)
-    ap.add_argument("--steer-mult", type=float, default=1.0, help="steering strength = mult × the marker's size along u")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--render", action="store_true", help="only render WORK/results.json (finished arms) as Markdown")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="both concepts show in a reply's first sentence")
+    ap.add_argument("--gen-batch", type=int, default=50)
+    ap.add_argument("--eval-batch", type=int, default=16)
+    ap.add_argument("--penalty", type=float, default=0.01, help="λ of the penalty arm")
+    ap.add_argument("--steer-mult", type=float, default=1.0, help="steering strength = mult × the concept's size along u")
+    ap.add_argument("--render", action="store_true", help="only summarise WORK/results.json (finished runs)")
     args = ap.parse_args(argv)
+    work = args.work
+    results_path = work / "results.json"
     if args.render:
-        md = render(json.loads((args.work / "results.json").read_text()))
-        print(md)
-        if args.md:
-            args.md.write_text(md)
-        return 0
+        return finish(json.loads(results_path.read_text()), args)
     if args.quick:
-        args.train, args.heldout_pairs, args.prompts, args.steps, args.lr = 240, 64, 40, 30, 5e-4
-        args.max_length, args.max_new_tokens = 160, 48
+        args.seeds, args.train, args.heldout_pairs, args.prompts, args.steps, args.lr = "0", 120, 48, 40, 16, 1e-3
+        args.max_length = 128
     import torch
 
-    torch.set_num_threads(int(os.environ.get("ETHOS_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("ETHOS_THREADS", str(os.cpu_count() or 2))))
     from ethos.compiler.names import DEFAULT_MODEL
     from ethos.runtime import api
+    from ethos.runtime.device import default_device, device_name
     from ethos.runtime.evaluate import load_for_eval
     from ethos.runtime.model import default_layer, load_model
     from ethos.runtime.settings import DataSettings, TrainSettings
 
     t_all = time.perf_counter()
-    work = args.work
-    info = build(work, args.data or default_hh(), args.train, args.heldout_pairs, args.prompts, args.seed)
-    results_path = work / "results.json"
+    model_name = args.model or DEFAULT_MODEL
+    train, info = build_heldout(work, args.data or default_hh(), args)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    results["config"]["model"] = model_name
     results["data"] = info
-    print(f"data: {info}", flush=True)
+    results["device"] = device_name(default_device())
+    print(f"data: {info}; device {results['device']}", flush=True)
 
-    base, tok, _ = load_model(DEFAULT_MODEL)  # the same dtype as load_for_eval (bf16 where native)
-    layer = default_layer(base.config)
+    base, tok, _ = load_model(model_name)  # the same dtype as load_for_eval
+    layer = args.layer if args.layer is not None else default_layer(base.config)
+    model_line = "" if args.model is None else f'model "{model_name}" layer {layer};'
     if "base" not in results:
         res, ref = evaluate_model(base, tok, work, args)
         np.save(work / "ref_logps.npy", ref)
         results["base"] = res
-        results_path.write_text(json.dumps(results, indent=2))
+        write_json(results_path, results)
     ref = np.load(work / "ref_logps.npy")
     del base
-    print(f"base: marker rate {results['base']['marker_rate']:.3f}", flush=True)
+    print("base: " + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in results["base"]["per_prompt"].items()), flush=True)
 
-    strength = None
-    for arm in args.arms.split(","):
-        if arm in results.get("arms", {}):
-            print(f"{arm}: cached", flush=True)
-            continue
-        t0 = time.perf_counter()
-        if arm == "steering":
-            size, spread = steering_strength(work, DEFAULT_MODEL, layer)
-            strength = max(args.steer_mult * size, 1e-3)
-            results["steering"] = {"marker_size_along_u": size, "token_projection_sd": spread, "strength": strength}
-        policy = write_policy(work, arm, strength or 0.0)
-        apply_dir = work / arm / "apply"
-        # a finished apply folder from an earlier run is trained on as is; otherwise apply, in memory
-        source = apply_dir if (apply_dir / "ethos-complete.json").exists() else api.apply_to(
-            policy, apply_dir, DataSettings(path=str(work / "train.jsonl"), seed=args.seed))
-        t_apply = time.perf_counter() - t0
-        settings = TrainSettings(steps=args.steps, learning_rate=args.lr, beta=args.beta, batch_size=args.batch_size,
-                                 max_length=args.max_length, seed=args.seed, progress=False)
-        summary = api.train(source, work / arm / "run", settings).record
-        model, mtok, _ = load_for_eval(work / arm / "run")
-        res, _ = evaluate_model(model, mtok, work, args, ref_logps=ref)
-        del model
-        last = summary["result"]["last"]
-        res.update({"apply_seconds": t_apply, "train_seconds": summary["result"]["seconds"],
-                    "seconds_per_step": summary["result"]["seconds_per_step"],
-                    "train_reward_accuracy": last.get("rewards/accuracies"),
-                    "terms": {k: v for k, v in last.items() if k.startswith("ethos/")},
-                    "policy": policy.read_text()})
-        w = [json.loads(x)["weight"] for x in (apply_dir / "dataset.jsonl").read_text().splitlines()]
-        o = [json.loads(x)["margin_offset"] for x in (apply_dir / "dataset.jsonl").read_text().splitlines()]
-        res["weights"] = {"min": min(w), "max": max(w), "mean": float(np.mean(w))}
-        res["offsets"] = {"min": min(o), "max": max(o), "mean": float(np.mean(o))}
-        results.setdefault("arms", {})[arm] = res
-        results_path.write_text(json.dumps(results, indent=2))
-        print(f"{arm}: marker {res['marker_rate']:.3f}, heldout acc {res['accuracy']:.3f}, margin {res['margin']:+.3f}, "
-              f"{res['seconds_per_step']:.1f} s/step, {time.perf_counter() - t0:.0f} s", flush=True)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        folder = work / f"seed{seed}"
+        run = results.setdefault("runs", {}).setdefault(str(seed), {})
+        run["planted"] = build_seed(folder, train, seed)
+        for arm in args.arms.split(","):
+            if arm not in ARMS:
+                raise SystemExit(f"unknown arm {arm!r} (arms: {', '.join(ARMS)})")
+            if arm in run:
+                print(f"seed {seed} {arm}: cached", flush=True)
+                continue
+            t0 = time.perf_counter()
+            if arm == "steering" and "steering_strength" not in run:
+                run["steering_strength"] = steering_strengths(folder, model_name, model_line, layer)
+            strengths = {k: args.steer_mult * v["strength"] for k, v in run.get("steering_strength", {}).items()}
+            policy = write_policy(folder, arm, model_line, strengths, args.penalty)
+            applied = api.apply_to(policy, folder / arm / "apply", DataSettings(path=str(folder / "train.jsonl"), seed=seed))
+            t_apply = time.perf_counter() - t0
+            settings = TrainSettings(steps=args.steps, learning_rate=args.lr, beta=args.beta, batch_size=args.batch_size,
+                                     max_length=args.max_length, seed=seed, progress=False)
+            record = api.train(applied, folder / arm / "run", settings).record
+            model, mtok, _ = load_for_eval(folder / arm / "run")
+            res, logps = evaluate_model(model, mtok, work, args)
+            del model
+            rows = [json.loads(x) for x in (folder / arm / "apply" / "dataset.jsonl").read_text().splitlines()]
+            w = np.array([r.get("weight", 1.0) for r in rows], float)
+            res.update({"policy": policy.read_text(encoding="utf-8"), "apply_seconds": t_apply,
+                        "train_seconds": record["result"]["seconds"], "seconds_per_step": record["result"]["seconds_per_step"],
+                        "terms": {k: v for k, v in record["result"]["last"].items() if k.startswith("ethos/")},
+                        "rows": len(rows), "weights": {"min": float(w.min()), "max": float(w.max()),
+                                                       "ess": float(w.sum() ** 2 / (w ** 2).sum())},
+                        "margins": margins(logps, ref, args.beta)})
+            run[arm] = res
+            write_json(results_path, results)
+            print(f"seed {seed} {arm}: " + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in res["per_prompt"].items())
+                  + f", acc {np.mean(np.array(res['margins']) > 0):.3f}, {res['seconds_per_step']:.1f} s/step, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
     results["seconds_total"] = results.get("seconds_total", 0) + time.perf_counter() - t_all
-    results_path.write_text(json.dumps(results, indent=2))
-    md = render(results)
+    write_json(results_path, results)
+    return finish(results, args)
+
+
+def finish(results: dict, args) -> int:
+    summary = summarise(results)
+    md = render(summary)
     print(md)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, summary)
     if args.md:
-        args.md.write_text(md)
+        args.md.write_text(md, encoding="utf-8")
     return 0
-
-
-def render(results: dict) -> str:
-    base = results["base"]["marker_rate"]
-    arms = results.get("arms", {})
-    van = arms.get("vanilla")
-    cfg = results["config"]
-    per_base = np.array(results["base"]["per_prompt"], float)
-    lines = ["| arm | policy rule | marker rate (greedy) | increase vs base [95% CI] | cut vs vanilla [95% CI] | "
-             "held-out pref. acc. | % of vanilla acc. | margin | goal |", "|---|---|---|---|---|---|---|---|---|",
-             f"| base | — | {base:.3f} | — | — | — | — | — | — |"]
-    for arm in ARMS:
-        if arm not in arms:
-            continue
-        r = arms[arm]
-        inc = r["marker_rate"] - base
-        ci = boot_ci(np.array(r["per_prompt"], float) - per_base)
-        rule = r["policy"].strip().splitlines()[-1]
-        cut = acc_ratio = None
-        goal = ""
-        if van and arm != "vanilla":
-            vinc = van["marker_rate"] - base
-            acc_ratio = r["accuracy"] / van["accuracy"] if van["accuracy"] else None
-            lo, hi = ratio_ci(np.array(r["per_prompt"], float), np.array(van["per_prompt"], float), per_base)
-            if arm.startswith("amplify"):
-                ratio = inc / vinc if vinc > 0 else float("nan")
-                cut = f"{ratio:.2f}× [{lo:.2f}, {hi:.2f}]"
-                goal = "not met" if not (vinc > 0 and ratio >= 1.5) else "met" if lo >= 1.5 else "met (point estimate; CI below 1.5×)"
-            else:
-                c = 1 - inc / vinc if vinc > 0 else float("nan")
-                cut = f"{100 * c:.0f}% [{100 * (1 - hi):.0f}%, {100 * (1 - lo):.0f}%]"
-                ok = vinc > 0 and c >= 0.7 and (acc_ratio or 0) >= 0.9
-                goal = "not met" if not ok else "met" if 1 - hi >= 0.7 - 1e-9 else "met (point estimate; CI below 70%)"
-        lines.append(f"| {arm} | `{rule}` | {r['marker_rate']:.3f} | {inc:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] | "
-                     f"{cut or '—'} | {r['accuracy']:.3f} | {f'{100 * acc_ratio:.0f}%' if acc_ratio else '—'} | "
-                     f"{r['margin']:+.3f} | {goal or '—'} |")
-    d = results["data"]
-    lines += ["", f"{d['train']} training pairs ({d['planted']['chosen']} chosen / {d['planted']['rejected']} rejected "
-                  f"replies carry the marker), {d['prompts']} held-out prompts (greedy, ≤ {cfg['max_new_tokens']} new tokens), "
-                  f"{d['heldout_pairs']} held-out unmodified pairs; LoRA r=16 q/k/v/o, {cfg['steps']} steps, lr {cfg['lr']}, "
-                  f"β {cfg['beta']}, batch {cfg['batch_size']}, max_length {cfg['max_length']}, seed {cfg['seed']}."]
-    if "steering" in results:
-        s = results["steering"]
-        lines.append(f"Steering strength {s['strength']:.3f} = {cfg['steer_mult']} × the marker tokens' mean projection "
-                     f"on the probe direction above the same positions without it (token-projection sd {s['token_projection_sd']:.2f}).")
-    total = results.get("seconds_total") or sum(a.get("apply_seconds", 0) + a.get("train_seconds", 0) + a.get("seconds", 0)
-                                                for a in arms.values()) + results["base"].get("seconds", 0)
-    n = next((a["n"] for a in arms.values()), 0)
-    if n:
-        lo, hi = wilson(arms.get("vanilla", next(iter(arms.values())))["accuracy"], n)
-        lines.append(f"Held-out accuracy is over {n} pairs: its 95% interval is about ±{(hi - lo) / 2:.2f} "
-                     f"(Wilson, at vanilla's value {lo:.2f}–{hi:.2f}).")
-    speeds = ", ".join(f"{k} {v.get('seconds_per_step', 0):.0f} s/step" for k, v in arms.items())
-    lines.append(f"Wall time {total / 60:.1f} min on {os.cpu_count()} CPU cores ({speeds}; other jobs shared the cores "
-                 "part of the time, so read the times as upper bounds).")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

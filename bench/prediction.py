@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 # every library concept; each is a probe, a word list or a text metric (specs/concepts/library.toml)
 CONCEPTS = ("apology", "certainty", "emoji", "enthusiasm", "flattery", "formality", "hedging", "list_heavy",
             "markdown_heavy", "refusal", "self_reference", "sycophancy", "unsafe_compliance", "verbosity", "warmth")
-SHAPED = {"verbosity": "block concept verbosity;", "hedging": "amplify concept hedging by 2.0;",
-          "list_heavy": "dampen concept list_heavy by 0.5;", "apology": "block concept apology;"}
+SHAPED = {"verbosity": "block concept verbosity via data;", "hedging": "amplify concept hedging by 2.0 via data;",
+          "list_heavy": "dampen concept list_heavy by 0.5 via data;", "apology": "block concept apology via data;"}
 QUICK_CONCEPTS = ("apology", "hedging", "list_heavy", "sycophancy", "verbosity")  # --quick: every rule, one probe
 
 

@@ -1,7 +1,7 @@
-"""Does `block concept verbosity;` remove a reward model's length slope?
+"""Does `block concept verbosity via data;` remove a reward model's length slope?
 
 Two reward models are trained with ``ethos train --reward-model`` on the same pairs, with the
-same seed, data order and settings: one under ``block concept verbosity;`` (the plan's importance
+same seed, data order and settings: one under ``block concept verbosity via data;`` (the plan's importance
 weights), one (``vanilla``) under the same policy with ``--no-shaping`` (weights 1, offsets 0: the
 "before").
 ``ethos evaluate`` then scores both on held-out pairs: preference accuracy (r⁺ > r⁻) and the slope
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-POLICY = "block concept verbosity;\n"
+POLICY = "block concept verbosity via data;\n"
 ARMS = (("vanilla", ["--no-shaping"]), ("block", []))  # the folder names under --work
 
 
@@ -88,7 +88,7 @@ def table(doc: dict, records: dict[str, dict], concept: str = "verbosity") -> li
         c = next(r for r in m["concepts"] if r["concept"] == concept)
         res = records[arm]["result"]
         lo, hi = m["accuracy_ci"]
-        policy = "`block concept verbosity;` " + ("`--no-shaping` (weights 1)" if flags else "(importance weights)")
+        policy = "`block concept verbosity via data;` " + ("`--no-shaping` (weights 1)" if flags else "(importance weights)")
         rows.append(f"| {arm} | {policy} | {fmt(c['slope'])} [{fmt(c['ci'][0])}, {fmt(c['ci'][1])}] "
                     f"| {fmt(c['marginal_slope'])} [{fmt(c['marginal_ci'][0])}, {fmt(c['marginal_ci'][1])}] "
                     f"| {m['accuracy']:.3f} [{fmt(lo, '.3f')}, {fmt(hi, '.3f')}] | {m['n']} "

@@ -180,18 +180,20 @@ def _check_rule(rule: A.Rule, resolved: Resolved, out: Checked, state: _State) -
         arg = rule.protocol.arg if rule.protocol else None
         if not _check_arg(spec, proto_name, arg, rule, diags):
             return
+        # a rule without `via` has no protocol token: point at the rule
+        where = rule.protocol.name.span if rule.protocol else rule.span
         if action not in spec.actions:
             lens = concept.lens.kind if concept else "metric"
             can = protocols_for(action, lens)
-            diags.error("E306", f"protocol '{proto_name}' cannot realise '{action}'", rule.protocol.name.span,
+            diags.error("E306", f"protocol '{proto_name}'{_defaulted(rule)} cannot realise '{action}'", where,
                         f"protocols that can {action} a {lens} concept: {', '.join(can)}")
             return
         if concept is not None and concept.lens.kind not in spec.lenses:
             can = protocols_for(action, concept.lens.kind)
             diags.error("E307",
-                        f"protocol '{proto_name}' needs a probe or features concept; "
+                        f"protocol '{proto_name}'{_defaulted(rule)} needs a probe or features concept; "
                         f"'{concept.name}' is a {concept.lens.kind} concept",
-                        rule.protocol.name.span,
+                        where,
                         f"'{proto_name}' acts on a direction in the model; protocols that can {action} "
                         f"a {concept.lens.kind} concept: {', '.join(can)}")
             return
@@ -228,16 +230,19 @@ def _check_rule(rule: A.Rule, resolved: Resolved, out: Checked, state: _State) -
         first = state.seen[key]
         same_arg = _arg_value(first.protocol) == _arg_value(rule.protocol)
         report = diags.warning if same_arg else diags.error
+        defaulted = first.protocol is None or rule.protocol is None
         report("W302" if same_arg else "E309",
                f"{'duplicate' if same_arg else 'conflicting'} '{proto_name}' rule for '{name}'",
-               rule.span, f"the other is at {first.span.line}:{first.span.column}")
+               rule.span, f"the other is at {first.span.line}:{first.span.column}"
+               + (f"; a rule without 'via' uses the default protocol, '{DEFAULT_PROTOCOL}' "
+                  f"(for importance weights write 'via data')" if defaulted else ""))
         return
     state.seen[key] = rule
     _direction_warnings(rule, name, effect, scope, resolved, state, diags)
     rid = rule_id(name, proto_name, out.rule_ids, scope)
     out.rule_ids.add(rid)
     fields = dict(rule_id=rid, concept=name, lens=concept.lens.kind, action=action, span=as_span(rule.span),
-                  scope=scope)
+                  scope=scope, default_protocol=rule.protocol is None)
     if effect[0] == "k":
         fields["factor"] = effect[1]
     else:
@@ -281,6 +286,12 @@ def _direction_warnings(rule: A.Rule, name: str, effect: Effect, scope: str | No
                           f"{'negative' if after[0] < 0 else 'positive'}", rule.span,
                           f"'{action} concept {name}' aims at α′ {'> 0' if effect[1] > 0 else '< 0'} whatever the "
                           f"data says; change the rule or the expectation")
+
+
+def _defaulted(rule: A.Rule) -> str:
+    """`` (the default)`` for a rule without ``via``: the protocol named in a message is one the
+    user did not write."""
+    return " (the default)" if rule.protocol is None else ""
 
 
 def _arg_value(protocol: A.Protocol | None):

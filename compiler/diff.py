@@ -1,8 +1,9 @@
 """diff: what changed in meaning between two plans (not in text).
 
 Interventions are matched by (concept, protocol, topic), concept and topic definitions by name,
-expectations by their canonical text. Reordering statements, reformatting, comments and unused library look-ups
-change nothing; a different factor, protocol argument, lens, file content or binding does.
+expectations by their canonical text. Reordering statements, reformatting, comments, unused library look-ups
+and writing out the default protocol (`via loss` on a rule that had no `via`) change nothing; a different
+factor, protocol, protocol argument, lens, file content or binding does.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def _rule_text(i) -> str:
         effect = f"k = {i.factor:g}"
     else:
         effect = f"α′ = {'+' if i.direction > 0 else '-'}{'|α|' if i.size is None else f'{i.size:g}'}"
-    return f"{i.action} concept {i.concept}{factor} via {i.protocol}{arg}{scope}  ({effect})"
+    default = " (default)" if i.default_protocol else ""
+    return f"{i.action} concept {i.concept}{factor} via {i.protocol}{default}{arg}{scope}  ({effect})"
 
 
 def _binding(plan: Plan) -> dict[str, str]:
@@ -94,7 +96,9 @@ def diff_plans(old: Plan, new: Plan) -> list[Change]:
             changes.append(Change("-", "rule", k, _rule_text(ra[key])))
         elif key not in ra:
             changes.append(Change("+", "rule", k, _rule_text(rb[key])))
-        elif ra[key].model_dump(exclude={"span", "rule_id"}) != rb[key].model_dump(exclude={"span", "rule_id"}):
+        # whether `via` was written out changes nothing when it names the same protocol
+        elif (ra[key].model_dump(exclude={"span", "rule_id", "default_protocol"})
+              != rb[key].model_dump(exclude={"span", "rule_id", "default_protocol"})):
             changes.append(Change("~", "rule", k, f"{_rule_text(ra[key])} -> {_rule_text(rb[key])}"))
 
     def keep_text(k) -> str:

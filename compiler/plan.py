@@ -172,7 +172,9 @@ PROTOCOLS: dict[str, ProtocolInfo] = {
                      argument_help="the penalty weight, e.g. via penalty 0.1", in_training=True),
     )
 }
-DEFAULT_PROTOCOL = "data"
+# The protocol of a rule without ``via``: per-pair margin offsets (docs/protocols.md, "The default
+# protocol"). A defaulted intervention records it (``default_protocol``), so the reports can say so.
+DEFAULT_PROTOCOL = "loss"
 
 # A derived view, kept while the runtime moves to PROTOCOLS: protocol -> stage.
 PROTOCOL_KIND: dict[str, str] = {name: info.stage for name, info in PROTOCOLS.items()}
@@ -186,7 +188,9 @@ class _Intervention(Frozen):
     coefficient becomes a target of sign ``direction`` (+1 more of the concept, −1 less) and size
     ``size`` (``by s``), or the data's own |α| when ``size`` is None. Their ``factor`` is
     None: k = target/α is known only once the data's α is (``factor_for``).
-    ``scope`` is the topic a ``when topic`` rule is limited to (None: every pair)."""
+    ``scope`` is the topic a ``when topic`` rule is limited to (None: every pair).
+    ``default_protocol`` is True when the rule named no protocol (no ``via``) and got
+    ``DEFAULT_PROTOCOL``; it changes nothing in what the rule does."""
 
     rule_id: str  # stable, unique within a plan: see ``rule_id`` below
     concept: str
@@ -196,6 +200,7 @@ class _Intervention(Frozen):
     direction: Literal[1, -1] | None = None  # encourage +1, discourage -1; None for a factor action
     size: float | None = None  # |target α| for encourage/discourage (None: the data's |α|)
     scope: str | None = None  # the topic of a ``when topic`` rule
+    default_protocol: bool = False  # the rule had no ``via``: its protocol is DEFAULT_PROTOCOL
     span: Span
 
     def target_for(self, alpha: float) -> float:
@@ -231,11 +236,17 @@ class _Intervention(Frozen):
     def shapes_data(self) -> bool:
         return self.info.shapes_data
 
+    @property
+    def protocol_text(self) -> str:
+        """The protocol as the reports name it: ``loss (default)`` for a rule without ``via``."""
+        return self.protocol + (" (default)" if self.default_protocol else "")  # type: ignore[attr-defined]
+
 
 def rule_id(concept: str, protocol: str, taken: set[str] | frozenset[str] = frozenset(),
             scope: str | None = None) -> str:
-    """The rule id of an intervention: ``<concept>/<protocol>``, e.g. ``sycophancy/data``, and
-    ``<concept>/<protocol>@<topic>`` for a ``when topic`` rule, e.g. ``sycophancy/data@medical``.
+    """The rule id of an intervention: ``<concept>/<protocol>``, e.g. ``sycophancy/loss`` (also for
+    a rule without ``via``: its protocol is ``DEFAULT_PROTOCOL``), and ``<concept>/<protocol>@<topic>``
+    for a ``when topic`` rule, e.g. ``sycophancy/data@medical``.
 
     A plan holds at most one intervention per (concept, protocol, topic), so this is unique; should
     one ever repeat, the later ones get ``#2``, ``#3``, ... in source order. It depends only on the

@@ -109,7 +109,9 @@ def draft_policy(doc: Mapping[str, Any], plan: Any = None, *, draft_path: Path |
         f"# Draft policy written by `ethos audit` ({doc.get('pairs')} pairs of {_comment(src.get('data') or 'the data')},"
         f" seed {doc.get('settings', {}).get('seed')}).",
         "# Every concept has a decision line; change `keep` to block, dampen ... by f, amplify ... by f",
-        "# or reverse (see docs/language.md), then run `ethos plan` for the dry run.",
+        "# or reverse (see docs/language.md), then run `ethos plan` for the dry run. A rule without `via`",
+        "# uses the default protocol, loss (a margin offset per pair, applied by `ethos train`); add",
+        "# `via data` for importance weights in the dataset, or another protocol (docs/protocols.md).",
         f'policy "{name}";',
         "",
     ]

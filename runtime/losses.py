@@ -82,7 +82,7 @@ REFUSED: dict[str, str] = {
     "sft": "it has no preference margin (the chosen reply's negative log-likelihood only)",
     "kto": "KTO is unpaired: each reply is scored alone against a batch-level reference point (a KL estimate), "
            "so there is no pair margin for the offset to shift (a weight could be split over the two replies, but "
-           "`via loss` would be silently lost)",
+           "`via loss`, also the protocol of every rule without `via`, would be silently lost)",
     "orpo": "ORPO adds the chosen reply's negative log-likelihood, which is not a function of the margin; its "
             "odds-ratio term is (the offset would enter as −λ·log σ(log-odds ratio + o)), but trl 1.16 ships ORPO "
             "only in the unstable trl.experimental, whose API may change in any release",

@@ -38,6 +38,7 @@ from .documents import FATES, PLAN_REPORT_FORMAT, clean
 from .interventions import Simulation, goal, is_direction, resolved_factor, rule_text, simulate, simulated
 from .loading import PlanError  # its home is loading (the lock and the inputs raise it too); imported from here as well
 from .report.format import num
+from .report.plan import offsets_text
 from .settings import DataSettings
 from .stats import joint, standardise
 
@@ -63,6 +64,9 @@ class Outcome:
     topics: list[dict[str, Any]] = field(default_factory=list)  # per scoped topic: α before/after inside and outside
     topic_alpha: dict[str, Any] = field(default_factory=dict)  # per scoped topic: its α per concept (before)
     traces: dict[str, Any] = field(default_factory=dict)  # per concept a rule names: its trace (ethos.runtime.trace)
+    # per `loss` rule (rule_id): |its part of each pair's margin offset|, |(g − α)·z_c| on its pairs,
+    # which ranks the pairs it shapes most (it decides no pair's fate: weights and labels stay)
+    offset_parts: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -79,8 +83,9 @@ class Outcome:
             "rows": self.rows,
             "ess": self.sim.ess,
             "ess_fraction": self.sim.ess / max(1, int(live.sum())),
+            "margin_offsets": offset_summary(self.sim.margin_offset),
             "concepts": self.concepts,
-            "interventions": _interventions(self.plan, self.sim, self.before, self.topic_alpha),
+            "interventions": _interventions(self.plan, self.sim, self.before, self.topic_alpha, self.offset_parts),
             "expectations": self.expectations,
             "warnings": self.warnings,
             "notes": self.sim.notes + self.before.notes,
@@ -98,8 +103,8 @@ class Outcome:
         })
 
 
-def _interventions(plan: Plan, sim: Simulation, before: AuditResult,
-                   topic_alpha: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def _interventions(plan: Plan, sim: Simulation, before: AuditResult, topic_alpha: dict[str, Any] | None = None,
+                   offset_parts: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
     glob = {c.name: c.alpha for c in before.concepts}
     out = []
     for i in plan.interventions:
@@ -107,6 +112,9 @@ def _interventions(plan: Plan, sim: Simulation, before: AuditResult,
         affected = int(np.count_nonzero(sim.decided_by == i.rule_id))
         if i.protocol == "inoculation":
             affected = int(np.count_nonzero([i.text in t for t in sim.inoculation[sim.inoculation != ""]]))
+        elif i.protocol == "loss":  # the pairs whose margin offset it contributes to
+            part = (offset_parts or {}).get(i.rule_id)
+            affected = int(np.count_nonzero(part)) if part is not None else int(np.count_nonzero(sim.margin_offset))
         out.append({
             "line": i.span.line,
             "rule_id": i.rule_id,  # as the traces' pairs name their rules
@@ -116,10 +124,11 @@ def _interventions(plan: Plan, sim: Simulation, before: AuditResult,
             "direction": i.direction,  # encourage +1, discourage −1, None for a factor action
             "target": goal(i, alpha.get(i.concept, float("nan"))),  # the α the rule asks for
             "protocol": i.protocol,
+            "default_protocol": bool(i.default_protocol),  # the rule has no `via`: the default protocol
             "scope": i.scope,  # the topic of a `when topic` rule (factor and target are the topic's)
             "kind": i.stage,
             "simulated": simulated(i),  # penalty: a training-time loss term
-            "pairs_affected": affected if i.protocol != "loss" else int(np.count_nonzero(sim.margin_offset)),
+            "pairs_affected": affected,
             "realised_in": {"data": "data", "loss": "loss (in training)", "activation": "activations (in training)"}[i.stage],
         })
     return out
@@ -291,9 +300,35 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
                            topic_labels or {}, warnings) if scoped else []
     ids = table["id"].astype(str).tolist()
     outcome = Outcome(plan, before, after, sim, ids, out_rows, concepts, [], warnings, seed, topics=topics,
-                      topic_alpha=topic_alpha)
+                      topic_alpha=topic_alpha, offset_parts=_offset_parts(plan, names, z, alpha, topic_alpha,
+                                                                          membership, sim))
     outcome.expectations = [_check(e, outcome) for e in plan.expectations]
     return outcome
+
+
+def _offset_parts(plan: Plan, names: list[str], z: np.ndarray, alpha: np.ndarray, topic_alpha: dict[str, Any],
+                  membership: dict[str, np.ndarray], sim: Simulation) -> dict[str, np.ndarray]:
+    """Per ``loss`` rule, |(g − α)·z_ic| on the pairs it acts on (its topic's for a scoped rule):
+    the size of its part of each pair's margin offset, to show the pairs it shapes most."""
+    out: dict[str, np.ndarray] = {}
+    for i in plan.interventions:
+        if i.protocol != "loss" or i.concept not in names:
+            continue
+        j = names.index(i.concept)
+        a = float(alpha[j]) if i.scope is None else float(topic_alpha.get(i.scope, {}).get(i.concept, float("nan")))
+        part = np.abs((goal(i, a) - a) * np.nan_to_num(z[:, j]))
+        if i.scope is not None:
+            part = part * np.asarray(membership[i.scope], dtype=bool)
+        out[i.rule_id] = np.where(np.isfinite(part) & (sim.weights > 0), part, 0.0)
+    return out
+
+
+def offset_summary(offset: np.ndarray) -> dict[str, Any]:
+    """The `loss` protocol's margin offsets in the plan document: how many pairs carry one, and
+    their range (null without any)."""
+    nz = offset[offset != 0]
+    return {"pairs": int(nz.size), "min": float(nz.min()) if nz.size else None,
+            "max": float(nz.max()) if nz.size else None}
 
 
 def _topic_checks(plan: Plan, table, after_table, names: list[str], sim: Simulation, membership, scoped: list[str],
@@ -419,8 +454,19 @@ def summary_line(o: Outcome) -> str:
     unchanged, reweighted, relabelled, excluded = (r[f] for f in FATES)
     kept = unchanged + reweighted + relabelled
     return (f"Plan: {kept:,} of {kept + excluded:,} pairs kept ({unchanged:,} unchanged, {reweighted:,} reweighted, "
-            f"{relabelled:,} relabelled), {excluded:,} excluded; {met} expectation{'s' * (met != 1)} met, "
-            f"{o.failed} failed.")
+            f"{relabelled:,} relabelled), {excluded:,} excluded; {offsets_text(int(np.count_nonzero(o.sim.margin_offset)))}"
+            f"{met} expectation{'s' * (met != 1)} met, {o.failed} failed.")
+
+
+def rule_label(i) -> str:
+    """A rule as the plan report names it: :func:`interventions.rule_text` with ``(default)`` after
+    the protocol of a rule written without ``via`` (``line 2: block concept v via loss (default)``)."""
+    text = rule_text(i)
+    if not getattr(i, "default_protocol", False):
+        return text
+    head = f"via {i.protocol}"
+    at = text.rindex(head) + len(head)
+    return text[:at] + " (default)" + text[at:]
 
 
 def examples(outcome: Outcome, pairs, per_rule: int = 3) -> list[dict[str, Any]]:
@@ -429,11 +475,16 @@ def examples(outcome: Outcome, pairs, per_rule: int = 3) -> list[dict[str, Any]]
     sim = outcome.sim
     chosen: list[tuple[str, list[int]]] = []
     for i in outcome.plan.interventions:
-        idx = np.flatnonzero(sim.decided_by == i.rule_id)
-        strength = np.abs(sim.weights[idx] - 1.0) + sim.swapped[idx] + (sim.multiplicity[idx] == 0)
+        if i.rule_id in outcome.offset_parts:  # a `loss` rule: the pairs whose margin it shifts most
+            part = outcome.offset_parts[i.rule_id]
+            idx = np.flatnonzero(part > 0)
+            strength = part[idx]
+        else:
+            idx = np.flatnonzero(sim.decided_by == i.rule_id)
+            strength = np.abs(sim.weights[idx] - 1.0) + sim.swapped[idx] + (sim.multiplicity[idx] == 0)
         idx = idx[np.argsort(-strength, kind="stable")][:per_rule]
         if len(idx):
-            chosen.append((rule_text(i), [int(k) for k in idx]))
+            chosen.append((rule_label(i), [int(k) for k in idx]))
     wanted = {outcome.ids[k] for _, idx in chosen for k in idx}
     found = {p.id: p for p in pairs if p.id in wanted}
     out = []
@@ -443,6 +494,7 @@ def examples(outcome: Outcome, pairs, per_rule: int = 3) -> list[dict[str, Any]]
             p = found[outcome.ids[k]]
             shown.append({
                 "id": p.id, "fate": str(sim.fate[k]), "weight": float(sim.weights[k]),
+                "margin_offset": float(sim.margin_offset[k]),
                 "prompt": p.prompt[-1].content if p.prompt else "", "chosen": p.chosen, "rejected": p.rejected,
             })
         out.append({"rule": rule, "pairs": shown})

@@ -16,7 +16,7 @@ def _via(i) -> str:
         arg = f' "{value if len(value) <= 24 else value[:21] + "..."}"'
     else:
         arg = "" if value is None else f" {value:g}"
-    return f"{i.protocol}{arg} ({i.stage})"
+    return f"{i.protocol}{arg} ({'default, ' if i.default_protocol else ''}{i.stage})"
 
 
 def _k(i) -> str:

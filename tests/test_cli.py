@@ -59,12 +59,12 @@ def test_check_reports_errors_with_exit_1_and_json(tmp_path, capsys):
 
 def test_diff(tmp_path, capsys):
     a, b = tmp_path / "a.ethos", tmp_path / "b.ethos"
-    a.write_text("block concept verbosity;\n")
+    a.write_text("block concept verbosity;\n")  # no `via`: the default protocol, loss
     b.write_text("# reworded\nblock concept verbosity via data;\nblock concept verbosity via loss;\n")
     assert main(["diff", str(a), str(a)]) == 0
     assert capsys.readouterr().out.strip() == "no changes in meaning"
     assert main(["diff", str(a), str(b)]) == 0
-    assert capsys.readouterr().out.strip() == "+ block concept verbosity via loss  (k = 0)"
+    assert capsys.readouterr().out.strip() == "+ block concept verbosity via data  (k = 0)"
     assert main(["diff", "--json", str(a), str(b)]) == 0
     assert json.loads(capsys.readouterr().out)["changes"][0]["op"] == "+"
 
@@ -181,3 +181,15 @@ def test_fmt_reads_through_the_compiler_fifo_and_folder_are_diagnostics(tmp_path
     err = capsys.readouterr().err
     assert f"cannot read '{fifo}': it is not a regular file [E002]" in err
     assert f"cannot read '{folder}': it is a directory [E002]" in err
+
+
+def test_kto_is_refused_and_says_it_would_lose_the_default_protocol(tmp_path, capsys):
+    """KTO has no pair margin: ethos refuses it for every plan (before any work), and the reason
+    says that the offsets of `loss` — the protocol of a rule without `via` — would be lost."""
+    policy = tmp_path / "p.ethos"
+    policy.write_text("block concept verbosity;\n")  # no `via`: realised by margin offsets
+    assert main(["train", str(policy), "--out", str(tmp_path / "o"), "--loss", "kto"]) == 2
+    err = capsys.readouterr().err
+    assert "KTO is unpaired" in err and "no pair margin for the offset to shift" in err
+    assert "`via loss`, also the protocol of every rule without `via`, would be silently lost" in err
+    assert not (tmp_path / "o").exists()

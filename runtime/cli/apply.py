@@ -31,4 +31,22 @@ def run_apply(args: Any) -> int:
         raise EthosError("interrupted; rerun to resume (`ethos train` uses an apply folder only once its "
                          "ethos-complete.json is written)", exit_code=130) from None
     print(applied.summary_line())
+    offsets = offset_note(applied.dataset)
+    if offsets:
+        print(offsets)
     return 0
+
+
+def offset_note(dataset: Any) -> str:
+    """One line when the written dataset carries `loss` margin offsets: only a trainer that reads
+    the ``margin_offset`` column (``ethos train``) applies them; else ""."""
+    import numpy as np
+
+    if "margin_offset" not in dataset.column_names:
+        return ""
+    n = int(np.count_nonzero(dataset.column("margin_offset").to_numpy(zero_copy_only=False)))
+    if not n:
+        return ""
+    return (f"{n:,} training rows carry a margin offset (the `loss` protocol, also the protocol of a rule without "
+            f"`via`): `ethos train` applies them; a trainer that ignores the `margin_offset` column loses them "
+            f"(write `via data` for importance weights in the `weight` column instead)")

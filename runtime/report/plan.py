@@ -32,9 +32,10 @@ def plan_context(doc: Mapping[str, Any], plan: Mapping[str, Any], *, title: str 
     # "kept" has one meaning in the reports: still in the training data (the document's fate
     # "kept", a pair the plan leaves as it is, reads "unchanged"), as in ``expect pairs kept``
     kept = r["kept"] + r["reweighted"] + r["relabelled"]
+    offsets = int((doc.get("margin_offsets") or {}).get("pairs") or 0)
     summary = (f"Plan: {kept:,} of {kept + r['excluded']:,} pairs kept ({r['kept']:,} unchanged, "
                f"{r['reweighted']:,} reweighted, {r['relabelled']:,} relabelled), {r['excluded']:,} excluded; "
-               f"{met} expectation{'s' * (met != 1)} met, {failed} failed.")
+               f"{offsets_text(offsets)}{met} expectation{'s' * (met != 1)} met, {failed} failed.")
     return {
         "title": title or f"ethos plan: {plan.get('policy') or doc['policy']['path']}",
         "doc": doc,
@@ -51,7 +52,32 @@ def plan_context(doc: Mapping[str, Any], plan: Mapping[str, Any], *, title: str 
         "examples": list(doc.get("examples") or []),
         "topics": list(doc.get("topics") or []),
         "rule_traces": rule_traces(doc),
+        "default_note": default_note(doc),
     }
+
+
+def offsets_text(pairs: int) -> str:
+    """The summary line's word on the ``loss`` protocol: its margin offsets leave a pair's weight and
+    label as they are (the pair counts as unchanged) and shape its loss in training."""
+    return f"{pairs:,} with a margin offset (applied in training); " if pairs else ""
+
+
+def rule_via(i: Mapping[str, Any]) -> str:
+    """``via loss (default)`` for a rule written without ``via``, else ``via <protocol>``."""
+    return f"via {i['protocol']}" + (" (default)" if i.get("default_protocol") else "")
+
+
+def default_note(doc: Mapping[str, Any]) -> str:
+    """What ``(default)`` after a rule's protocol means, when some rule has it; else ""."""
+    defaulted = [i for i in doc.get("interventions", []) if i.get("default_protocol")]
+    if not defaulted:
+        return ""
+    protocol = defaulted[0]["protocol"]
+    text = f"(default): the rule names no protocol, so it uses the default, `{protocol}`"
+    if protocol == "loss":
+        text += (": a per-pair margin offset that `ethos train` adds to the preference margin (every weight "
+                 "stays 1). For importance weights in the dataset instead, write `via data`")
+    return text + "."
 
 
 def rule_traces(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -136,6 +162,14 @@ def print_plan_report(doc: Mapping[str, Any], plan: Mapping[str, Any], console: 
     if ctx["topics"]:
         print_topic_checks(ctx["topics"], console)
     console.print(f"ESS {num(doc['ess'], ',.0f')} ({pct(doc['ess_fraction'])} of the pairs in the data)")
+    if doc.get("interventions"):
+        console.print("Rules:")
+    for i in doc.get("interventions", []):
+        scope = f" when topic {i['scope']}" if i.get("scope") else ""
+        console.print(Text(f"  line {i['line']}: {i['action']} concept {i['concept']} {rule_via(i)}{scope} — realised "
+                           f"in {i.get('realised_in')}, {i.get('pairs_affected', 0):,} pairs affected"))
+    if ctx["default_note"]:
+        console.print(Text("  " + ctx["default_note"], style="dim"))
     for e in doc.get("expectations", []):
         mark = "[green]met[/green]" if e["met"] else "[red]FAILED[/red]"
         console.print(Text(f"  line {e['line']}: {e['text']}  → {num(e['value'], '.3g')} ") + Text.from_markup(mark))

@@ -1,11 +1,10 @@
 """bench/reward_slope.py's smallest form runs end to end (so the measured example of
-docs/results.md cannot rot): two reward models, ``--no-shaping`` and ``block concept verbosity;``,
+docs/results.md cannot rot): two reward models, ``--no-shaping`` and ``block concept verbosity via data;``,
 trained with the ``ethos`` command on a tiny model built here, then scored by ``ethos evaluate``
 on held-out rows of the embedded sample that neither was trained on."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,16 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED = ROOT / "specs" / "data" / "hh-rlhf-helpful-base-test-400.jsonl.gz"
 
 
-def load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_reward_slope_quick_form_trains_both_arms_and_reports_the_length_slope(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ETHOS_DTYPE": "float32",
                  "ETHOS_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf")}.items():
         monkeypatch.setenv(k, v)

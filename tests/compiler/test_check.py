@@ -51,14 +51,24 @@ def test_one_factor_through_several_protocols_is_fine():
     r = compile_source("block concept sycophancy;\nblock concept sycophancy via ablation;\n"
                        'block concept sycophancy via inoculation "You agree.";')
     assert r.ok and r.diagnostics == []
-    assert [i.protocol for i in r.plan.interventions] == ["data", "ablation", "inoculation"]
+    assert [i.protocol for i in r.plan.interventions] == ["loss", "ablation", "inoculation"]
+    assert [i.default_protocol for i in r.plan.interventions] == [True, False, False]
     assert r.plan.interventions[2].text == "You agree."
     assert r.plan.factors() == {"sycophancy": 0.0}
 
 
 def test_duplicate_rule_is_a_warning_and_conflicting_args_an_error():
-    r = compile_source("block concept refusal;\nblock concept refusal via data;")
+    r = compile_source("block concept refusal via data;\nblock concept refusal via data;")
     assert r.ok and [d.code for d in r.diagnostics] == ["W302"]
+    assert "default" not in r.diagnostics[0].hint
+    # a rule without `via` is a `via loss` rule: the warning says why the user's two rules are one
+    r = compile_source("block concept refusal;\nblock concept refusal via loss;")
+    assert r.ok and [d.code for d in r.diagnostics] == ["W302"]
+    assert "without 'via' uses the default protocol, 'loss'" in r.diagnostics[0].hint
+    assert "via data" in r.diagnostics[0].hint
+    r = compile_source("block concept refusal;\nblock concept refusal via data;")
+    assert r.ok and r.diagnostics == []
+    assert [i.rule_id for i in r.plan.interventions] == ["refusal/loss", "refusal/data"]
     assert diag_codes("block concept refusal via steering 2;\nblock concept refusal via steering 3;") == ["E309"]
 
 
@@ -78,7 +88,51 @@ def test_factors_and_default_protocol():
     plan = compile_source("dampen concept hedging by 0.5;\namplify concept refusal by 2.0;\n"
                           "reverse concept apology via loss;\nkeep concept emoji;").plan
     assert plan.factors() == {"apology": -1.0, "emoji": 1.0, "hedging": 0.5, "refusal": 2.0}
-    assert [i.protocol for i in plan.interventions] == ["data", "data", "loss"]
+    assert [i.protocol for i in plan.interventions] == ["loss", "loss", "loss"]
+    assert [i.default_protocol for i in plan.interventions] == [True, True, False]
+    assert [i.rule_id for i in plan.interventions] == ["hedging/loss", "refusal/loss", "apology/loss"]
+
+
+def test_a_rule_without_via_gets_the_loss_protocol_and_says_so():
+    from ethos.compiler.plan import DEFAULT_PROTOCOL, dump_plan, load_plan
+
+    assert DEFAULT_PROTOCOL == "loss"
+    text = ("topic med = lexicon \"topics/medical.txt\";\n"
+            "block concept sycophancy;\ndampen concept hedging by 0.5 via data;\n"
+            "encourage concept refusal;\nblock concept verbosity when topic med;\n")
+    r = compile_source(text, "p.ethos")
+    assert r.ok and r.diagnostics == [], r.diagnostics
+    got = [(i.rule_id, i.protocol, i.default_protocol, i.protocol_text) for i in r.plan.interventions]
+    assert got == [("sycophancy/loss", "loss", True, "loss (default)"),
+                   ("hedging/data", "data", False, "data"),
+                   ("refusal/loss", "loss", True, "loss (default)"),
+                   ("verbosity/loss@med", "loss", True, "loss (default)")]
+    # every action a default rule can take is one the loss protocol realises, as `data` did
+    for action in ("block", "dampen by 0.5", "amplify by 2", "reverse", "encourage", "discourage"):
+        verb, *rest = action.split(" ", 1)
+        one = compile_source(f"{verb} concept verbosity {' '.join(rest)};".replace(" ;", ";"))
+        assert one.ok, one.diagnostics  # (amplify on verbosity warns: W305)
+        plan = one.plan
+        (i,) = plan.interventions
+        assert (i.protocol, i.default_protocol, i.action) == ("loss", True, verb)
+    # the flag is in the plan's JSON and survives the round trip
+    dumped = dump_plan(r.plan)
+    assert '"default_protocol": true' in dumped and '"default_protocol": false' in dumped
+    assert dump_plan(load_plan(dumped)) == dumped
+    assert load_plan(dumped) == r.plan
+
+
+def test_a_plan_saved_without_the_flag_reads_as_written_out():
+    """A plan JSON from before ``default_protocol`` existed reads with the flag False."""
+    import json
+
+    from ethos.compiler.plan import dump_plan, load_plan
+
+    data = json.loads(dump_plan(compile_source("block concept sycophancy via data;").plan))
+    for i in data["interventions"]:
+        del i["default_protocol"]
+    plan = load_plan(json.dumps(data))
+    assert [(i.protocol, i.default_protocol) for i in plan.interventions] == [("data", False)]
 
 
 def test_protocol_table_matches_design():
@@ -112,11 +166,11 @@ def test_rule_ids_are_stable_unique_and_read_the_table():
     text = ("block concept sycophancy;\nblock concept sycophancy via ablation;\n"
             "dampen concept refusal by 0.5 via steering 2;\n")
     plan = compile_source(text).plan
-    assert [i.rule_id for i in plan.interventions] == ["sycophancy/data", "sycophancy/ablation", "refusal/steering"]
+    assert [i.rule_id for i in plan.interventions] == ["sycophancy/loss", "sycophancy/ablation", "refusal/steering"]
     moved = compile_source("\n\n" + "\n".join(reversed(text.splitlines()))).plan
     assert sorted(i.rule_id for i in moved.interventions) == sorted(i.rule_id for i in plan.interventions)
     assert [(i.stage, i.shapes_data) for i in plan.interventions] == [
-        ("data", True), ("activation", False), ("activation", False)]
+        ("loss", False), ("activation", False), ("activation", False)]
     assert plan.rule("refusal/steering").strength == 2.0
 
 
@@ -127,7 +181,7 @@ def test_rule_id_suffix_for_repeats_and_old_plans_load():
 
     assert rule_id("x", "data", {"x/data"}) == "x/data#2"
     assert rule_id("x", "data", {"x/data", "x/data#2"}) == "x/data#3"
-    plan = compile_source("block concept sycophancy;\nblock concept refusal via loss;").plan
+    plan = compile_source("block concept sycophancy via data;\nblock concept refusal via loss;").plan
     old = json.loads(dump_plan(plan))
     for i in old["interventions"]:
         del i["rule_id"]

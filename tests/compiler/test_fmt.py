@@ -87,3 +87,16 @@ def test_fmt_preserves_meaning():
         assert strip(a.plan) == strip(b.plan)
         assert [c.lens for c in a.plan.concepts] == [c.lens for c in b.plan.concepts]
         assert dump_plan(a.plan) == dump_plan(compile_source(text, str(path)).plan)
+
+
+def test_fmt_leaves_a_rule_without_via_without_via():
+    """The default protocol is the compiler's choice, not the text's: formatting never writes it out
+    (a later default would then apply to the formatted policy as to the original)."""
+    from ethos.compiler.compile import compile_source
+
+    text = "block  concept sycophancy ;\nencourage concept refusal when topic med;\n"
+    out = fmt('topic med = lexicon "topics/medical.txt";\n' + text)
+    assert "via" not in out
+    assert "block concept sycophancy;\n" in out and "encourage concept refusal when topic med;\n" in out
+    plan = compile_source(out, "t.ethos").plan
+    assert [(i.protocol, i.default_protocol) for i in plan.interventions] == [("loss", True), ("loss", True)]

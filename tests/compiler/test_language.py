@@ -62,8 +62,10 @@ def test_a_direction_conflicts_with_a_factor_and_with_another_size():
     assert codes("block concept refusal;\nencourage concept refusal;") == ["E308"]
     assert codes("encourage concept refusal;\nencourage concept refusal by 1;") == ["E308"]
     assert codes("encourage concept refusal;\ndiscourage concept refusal;") == ["E308"]
-    r = ok("encourage concept refusal;\nencourage concept refusal via loss;")
+    r = ok("encourage concept refusal via data;\nencourage concept refusal via loss;")
     assert [i.rule_id for i in r.plan.interventions] == ["refusal/data", "refusal/loss"]
+    r = ok("encourage concept refusal;\nencourage concept refusal via data;")
+    assert r.diagnostics == [] and [i.rule_id for i in r.plan.interventions] == ["refusal/loss", "refusal/data"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +88,7 @@ def test_amplify_against_an_expected_negative_alpha_warns_with_the_alternative()
 
 
 def test_amplify_of_a_concept_the_library_prefers_less_of_warns_unless_the_policy_says_why():
-    r = compile_source("amplify concept sycophancy by 2.0;\namplify concept sycophancy by 2.0 via loss;")
+    r = compile_source("amplify concept sycophancy by 2.0;\namplify concept sycophancy by 2.0 via data;")
     assert [d.code for d in r.diagnostics] == ["W305"]  # once per concept, not per protocol
     assert "discourage concept sycophancy;" in r.diagnostics[0].hint
     assert codes("expect concept sycophancy alpha < 0 before plan;\namplify concept sycophancy by 2.0;") == []
@@ -140,7 +142,8 @@ def test_conflicts_are_judged_per_topic():
     assert plan.factors() == {"sycophancy": 0.0}
     assert plan.factors("med") == {"sycophancy": 0.5}
     assert plan.factors("food") == {"sycophancy": 1.0}
-    assert [i.rule_id for i in plan.interventions] == ["sycophancy/data", "sycophancy/data@med"]
+    assert [i.rule_id for i in plan.interventions] == ["sycophancy/loss", "sycophancy/loss@med"]
+    assert all(i.default_protocol for i in plan.interventions)
     assert [(k.concept, k.scope) for k in plan.keeps] == [("sycophancy", "food")]
     r = compile_source(TOPICS + "block concept sycophancy when topic med;\ndampen concept sycophancy by 0.5 when topic med;")
     (d,) = r.diagnostics
@@ -175,10 +178,11 @@ def test_scoped_keep_and_diff_of_topics_and_scopes():
     b = ok(TOPICS.replace('"topics/medical.txt"', '"topics/medical.txt" above 2') +
            "block concept sycophancy;\nblock concept sycophancy when topic med;\nencourage concept refusal by 1;").plan
     got = {(c.op, c.what, c.key): c.text for c in diff_plans(a, b)}
-    assert set(got) == {("~", "topic", "med"), ("+", "rule", "sycophancy via data when topic med"),
-                        ("~", "rule", "refusal via data")}
+    assert set(got) == {("~", "topic", "med"), ("+", "rule", "sycophancy via loss when topic med"),
+                        ("~", "rule", "refusal via loss")}
+    assert "via loss (default) when topic med" in got[("+", "rule", "sycophancy via loss when topic med")]
     assert "above 0" in got[("~", "topic", "med")] and "above 2" in got[("~", "topic", "med")]
-    assert got[("~", "rule", "refusal via data")].endswith("(α′ = +1)")
+    assert got[("~", "rule", "refusal via loss")].endswith("(α′ = +1)")
     assert diff_plans(a, ok("# reordered\n" + TOPICS[TOPICS.index("\n") + 1:] + TOPICS[:TOPICS.index("\n") + 1]
                             + "encourage concept refusal;\nblock concept sycophancy;").plan) == []
 

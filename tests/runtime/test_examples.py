@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ethos.compiler.plan import DEFAULT_PROTOCOL
 from ethos.runtime.cli import main
 
 pytestmark = pytest.mark.slow  # the default model: minutes (deselect with -m "not slow")
@@ -52,7 +53,7 @@ def test_every_example_plans_on_a_fresh_clone(example, example_cache, tmp_path, 
     text = example.read_text()
     for action, concept, protocol in re.findall(
             r"^(block|dampen|amplify|reverse|encourage|discourage) concept (\w+)(?:[^;]*? via (\w+))?", text, re.M):
-        assert (concept, protocol or "data") in rules, (action, concept, protocol)
+        assert (concept, protocol or DEFAULT_PROTOCOL) in rules, (action, concept, protocol)
     assert not list(example.parent.glob("ethos.lock"))
 
 

@@ -39,8 +39,38 @@ def test_plan_writes_reports_and_counts_every_row(tmp_path, ethos_cache, capsys)
     assert "Plan:" in (out / "plan.md").read_text()
     assert json.loads((out / "plan.json").read_text()) == doc  # the document printed is the one written
     (rule,) = doc["examples"]  # what plan.html shows, in the document
-    assert rule["rule"] == "line 2: block concept v via data" and rule["pairs"]
+    assert rule["rule"] == "line 2: block concept v via loss (default)" and rule["pairs"]
     assert all(f"pair {p['id']}: " in (out / "plan.html").read_text() for p in rule["pairs"])
+    # a rule without `via` is realised by margin offsets: every weight 1, the offsets counted
+    (i,) = doc["interventions"]
+    assert (i["protocol"], i["default_protocol"], i["rule_id"]) == ("loss", True, "v/loss")
+    assert rows["reweighted"] == rows["relabelled"] == 0 and doc["ess"] == pytest.approx(rows["usable"])
+    assert 0 < doc["margin_offsets"]["pairs"] == i["pairs_affected"] <= rows["usable"]
+    assert all(p["margin_offset"] != 0 and p["weight"] == 1 for p in rule["pairs"])
+    # the pairs shown are those whose margin the rule shifts most
+    assert abs(rule["pairs"][0]["margin_offset"]) >= abs(rule["pairs"][-1]["margin_offset"])
+    assert abs(rule["pairs"][0]["margin_offset"]) == pytest.approx(max(abs(doc["margin_offsets"]["min"]),
+                                                                       abs(doc["margin_offsets"]["max"])))
+    md, html = (out / "plan.md").read_text(), (out / "plan.html").read_text()
+    assert "block concept v via loss (default) |" in md and "write `via data`" in md
+    assert "block concept v via loss (default)</td>" in html
+    assert f"{doc['margin_offsets']['pairs']:,} with a margin offset (applied in training)" in md
+
+
+def test_plan_terminal_says_which_protocol_a_rule_without_via_uses(tmp_path, ethos_cache, capsys):
+    policy = write(tmp_path, "concept v = metric words;\nblock concept v;\ndampen concept hedging by 0.5 via data;\n")
+    assert main(["plan", policy, "--limit", "120", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "line 2: block concept v via loss (default) — realised in loss (in training), " in out
+    assert "line 3: dampen concept hedging via data — realised in data, " in out
+    assert "via data (default)" not in out and "uses the default, `loss`" in out
+    assert " with a margin offset (applied in training); " in out.strip().splitlines()[-1]
+    # without a defaulted rule, no note and no "(default)"
+    policy = write(tmp_path, "concept v = metric words;\nblock concept v via data;\n", "d.ethos")
+    assert main(["plan", policy, "--limit", "120", "--out", str(tmp_path / "o2")]) == 0
+    out = capsys.readouterr().out
+    assert "line 2: block concept v via data — realised in data, " in out and "(default)" not in out
+    assert "margin offset" not in out.strip().splitlines()[-1]
 
 
 def test_failed_expectation_exits_3_with_the_summary_line(tmp_path, ethos_cache, capsys):

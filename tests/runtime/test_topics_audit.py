@@ -85,4 +85,4 @@ def test_trace_writes_an_html_page(tmp_path, ethos_cache, capsys):
     assert main(["trace", policy, "--concept", "words", "--limit", "40", "--top", "5", "--html", str(page)]) == 0
     html = page.read_text()
     assert "ethos trace: words" in html and html.count('class="pair"') == 5
-    assert "Accounting: the rule deciding each pair" in html and "words/data" in html
+    assert "Accounting: the rule deciding each pair" in html and "words/loss" in html

@@ -84,8 +84,8 @@ def test_the_smaller_topic_wins_and_an_unscoped_rule_holds_outside():
     n = 3000
     big = np.arange(n) < 1500
     small = np.arange(n) < 500
-    o = run("block concept a;\nkeep concept a when topic t;\ndampen concept a by 0.5 when topic u;\n",
-            {"t": big, "u": small})
+    o = run("block concept a via data;\nkeep concept a when topic t;\ndampen concept a by 0.5 via data when topic u;\n",
+            {"t": big, "u": small})  # data rules: they decide their pairs' fates (decided_by)
     doc = o.to_dict()
     by = {t["name"]: t["concepts"][0] for t in doc["topics"]}
     assert by["u"]["factor"] == 0.5 and by["t"]["factor"] == 1.0
@@ -236,7 +236,7 @@ def test_apply_writes_a_scoped_data_rule_s_weights_within_the_topic_only(tmp_pat
 
     (tmp_path / "how.txt").write_text("how\n")
     policy = tmp_path / "p.ethos"
-    policy.write_text('concept v = metric words;\ntopic how = lexicon "how.txt";\nblock concept v when topic how;\n')
+    policy.write_text('concept v = metric words;\ntopic how = lexicon "how.txt";\nblock concept v via data when topic how;\n')
     out = tmp_path / "o"
     assert main(["apply", str(policy), "--limit", "80", "--out", str(out)]) == 0, capsys.readouterr().err
     rows = pq.read_table(out / "dataset.parquet").to_pylist()
@@ -246,3 +246,28 @@ def test_apply_writes_a_scoped_data_rule_s_weights_within_the_topic_only(tmp_pat
     assert has_how.any() and (~has_how).any()
     assert (w[~has_how] == 1).all()  # outside the topic: untouched
     assert np.ptp(w[has_how]) > 0  # inside: reweighted
+
+
+def test_apply_writes_a_scoped_default_rule_s_margin_offsets_within_the_topic_only(tmp_path, ethos_cache, capsys):
+    """A rule without `via` is a `loss` rule: every weight stays 1, and the offsets are the topic's."""
+    import pyarrow.parquet as pq
+
+    (tmp_path / "how.txt").write_text("how\n")
+    policy = tmp_path / "p.ethos"
+    policy.write_text('concept v = metric words;\ntopic how = lexicon "how.txt";\nblock concept v when topic how;\n')
+    out = tmp_path / "o"
+    assert main(["apply", str(policy), "--limit", "80", "--out", str(out)]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    rows = pq.read_table(out / "dataset.parquet").to_pylist()
+    prompts = [" ".join(m["content"] for m in r["prompt"]) for r in rows]
+    has_how = np.array(["how" in re.findall(r"[a-z]+", p.lower()) for p in prompts])
+    w = np.array([r["weight"] for r in rows])
+    o = np.array([r["margin_offset"] for r in rows])
+    assert has_how.any() and (~has_how).any()
+    assert (w == 1).all()
+    assert (o[~has_how] == 0).all() and np.count_nonzero(o[has_how]) > 0
+    n = int(np.count_nonzero(o))
+    assert f"{n:,} training rows carry a margin offset" in printed and "`ethos train` applies them" in printed
+    assert "write `via data`" in printed
+    plan = json.loads((out / "plan.json").read_text())
+    assert [(i["rule_id"], i["default_protocol"]) for i in plan["interventions"]] == [("v/loss@how", True)]

@@ -69,12 +69,12 @@ def test_planted_pairs_come_first_and_every_pair_names_its_rule(setup):
     assert abs(sum(p["share"] for p in t.pairs) - 1.0) < 1e-9
     cooking = {str(i) for i in range(N) if i % 6 == 2}
     for p in t.pairs:
-        assert p["rule"] == ("keep concept helps when topic cooking" if p["id"] in cooking else "helps/data")
+        assert p["rule"] == ("keep concept helps when topic cooking" if p["id"] in cooking else "helps/loss")
         assert p["topics"] == (["cooking"] if p["id"] in cooking else [])
         assert p["score_chosen"] - p["score_rejected"] == pytest.approx(p["delta"])
         assert p["prompt"][0]["content"].startswith(f"Question {p['id']}:")
     acc = {r["rule"]: r["pairs"] for r in t.accounting["by_rule"]}
-    assert acc == {"helps/data": N - len(cooking), "keep concept helps when topic cooking": len(cooking)}
+    assert acc == {"helps/loss": N - len(cooking), "keep concept helps when topic cooking": len(cooking)}
     assert sum(r["share"] for r in t.accounting["by_rule"]) == pytest.approx(1.0)
 
 
@@ -99,12 +99,12 @@ def test_decide_follows_the_scopes(tmp_path):
         "block concept warmth when topic cooking;\nblock concept warmth when topic medical;\n")
     plan = compile_file(str(tmp_path / "p.ethos")).plan
     assert decide(plan, "hedging", []).rule == NO_RULE
-    assert decide(plan, "hedging", ["medical"]).rules == ("hedging/data@medical",)
+    assert decide(plan, "hedging", ["medical"]).rules == ("hedging/loss@medical",)
     both = decide(plan, "hedging", ["cooking", "medical"])
-    assert both.action == "conflict" and set(both.rules) == {"hedging/data@medical", "hedging/data@cooking"}
+    assert both.action == "conflict" and set(both.rules) == {"hedging/loss@medical", "hedging/loss@cooking"}
     assert decide(plan, "apology", ["medical"]).rule == "apology/filter"
     same = decide(plan, "warmth", ["cooking", "medical"])  # one effect in both topics: not a conflict
-    assert same.action == "block" and same.rules == ("warmth/data@cooking",)
+    assert same.action == "block" and same.rules == ("warmth/loss@cooking",)
 
 
 def run_cli(argv: list[str]) -> int:
@@ -128,7 +128,7 @@ def test_cli_json_plain_text_and_jsonl_out(setup, capsys):
     assert run_cli(["trace", str(tmp / "p.ethos"), "--concept", "helps", "--data", str(data), "--top", "2"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("concept helps: alpha +") and "#1 pair " in text and "#3 pair" not in text
-    assert "rules: helps/data: 50 pairs" in text
+    assert "rules: helps/loss: 50 pairs" in text
 
 
 def test_cli_usage_errors(setup):
@@ -148,5 +148,5 @@ def test_cli_on_a_terminal_prints_a_rich_table(setup, capsys, monkeypatch):
     assert run_cli(["trace", str(tmp / "p.ethos"), "--concept", "helps", "--data", str(data), "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("concept helps: alpha +")
-    assert "α·z (share)" in out and "helps/data" in out and "Hope this helps." in out
+    assert "α·z (share)" in out and "helps/loss" in out and "Hope this helps." in out
     assert "Question" in out and "#3 pair" not in out  # a table, not the plain text
