@@ -41,6 +41,8 @@ from .report.format import num
 from .report.plan import offsets_text
 from .settings import DataSettings
 from .stats import joint, standardise
+from .stats.joint import firth
+from .stats.marginal import Z_LEVEL
 
 SIGNIFICANCE = 0.05
 IN_TRAINING = FATES[:3]  # the fates of a pair still in the training data: "kept" (FATES[0] is unchanged)
@@ -172,6 +174,7 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
     delta, z = std.delta, std.z
     finite = np.all(np.isfinite(delta), axis=1)
     alpha = np.array([stats[n].alpha for n in names])
+    alpha, firth_cols, firth_warnings = _separated(plan, names, z, finite, stats, alpha)
     # calibrating the data weights needs only the coefficients, not their CIs: on a large dataset
     # a fixed random subsample of CALIBRATION_PAIRS pairs is enough (the final re-fit uses all)
     sub = np.flatnonzero(finite)
@@ -207,9 +210,17 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
         fitted = [n for n in names if math.isfinite(stats[n].scale) and stats[n].scale > 0]
         cols = [names.index(n) for n in fitted]
         zf = z[:, cols] * sim.sign[:, None]
-        fit = joint(zf, sim.weights, names=fitted, offset=offset)
-        for k, n in enumerate(fitted):
-            after_alpha[n] = (float(fit.alpha[k]), [float(fit.lo[k]), float(fit.hi[k])])
+        if firth_cols:  # the before α of a separated concept is Firth's: so is its check (k·α exactly)
+            fitted = [names[j] for j in firth_cols]
+            zf = z[:, firth_cols] * sim.sign[:, None]
+            live = finite & (sim.weights > 0)
+            a_f, se_f, _ = firth(zf[live], sim.weights[live], offset=offset[live])
+            for k, n in enumerate(fitted):
+                after_alpha[n] = (float(a_f[k]), [float(a_f[k] - Z_LEVEL * se_f[k]), float(a_f[k] + Z_LEVEL * se_f[k])])
+        else:
+            fit = joint(zf, sim.weights, names=fitted, offset=offset)
+            for k, n in enumerate(fitted):
+                after_alpha[n] = (float(fit.alpha[k]), [float(fit.lo[k]), float(fit.hi[k])])
 
     # shares after the plan are relative to the whole signal before it (a relative share of the
     # shaped signal would stay 100% for a lone blocked concept)
@@ -233,7 +244,7 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
             shaped.add(i.concept)
     keeps = {k.concept for k in plan.keeps if k.scope is None}
     scoped_only = {k.concept for k in plan.keeps if k.scope is not None} | in_topic
-    concepts, warnings = [], []
+    concepts, warnings = [], list(firth_warnings)
     for name in names:
         b = stats[name]
         a_alpha, a_ci = after_alpha[name]
@@ -304,6 +315,38 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
                                                                           membership, sim))
     outcome.expectations = [_check(e, outcome) for e in plan.expectations]
     return outcome
+
+
+def _separated(plan: Plan, names: list[str], z: np.ndarray, finite: np.ndarray, stats: dict[str, Any],
+               alpha: np.ndarray) -> tuple[np.ndarray, list[int], list[str]]:
+    """Concepts a rule shapes whose MLE α is infinite (the pairs are separated on them: wherever the
+    concept differs, the chosen reply has more of it, say) would get no margin offset and no
+    calibrated weight at all: the strongest signal would be left alone. For them the plan uses
+    Firth's penalised estimate instead (:func:`ethos.runtime.stats.joint.firth`, fitted jointly
+    with every concept the MLE could fit), and says so. ``(alpha, firth columns, warnings)``; no
+    separated shaped concept: ``alpha`` unchanged and no columns."""
+    shaped = {i.concept for i in plan.interventions}
+    sep = [n for n in names if n in shaped and not math.isfinite(stats[n].alpha) and "separation" in (stats[n].note or "")]
+    if not sep:
+        return alpha, [], []
+    cols = [j for j, n in enumerate(names) if math.isfinite(stats[n].alpha) or n in sep]
+    a_f, _, converged = firth(z[finite][:, cols], None)
+    out = alpha.copy()
+    warnings = []
+    by_concept = {i.concept: [] for i in plan.interventions}
+    for i in plan.interventions:
+        by_concept[i.concept].append(i.protocol)
+    for k, j in enumerate(cols):
+        n = names[j]
+        if n not in sep:
+            continue
+        out[j] = a_f[k]
+        text = (f"concept '{n}': the pairs are separated on it ({stats[n].note.removeprefix('not fitted: ')}), so its "
+                f"rules use Firth's penalised estimate α = {a_f[k]:+.3f}" + ("" if converged else " (not converged)"))
+        if "data" in by_concept[n]:
+            text += "; importance weights cannot undo a separation (the re-fit stays infinite): `via loss` can"
+        warnings.append(text)
+    return out, cols, warnings
 
 
 def _offset_parts(plan: Plan, names: list[str], z: np.ndarray, alpha: np.ndarray, topic_alpha: dict[str, Any],

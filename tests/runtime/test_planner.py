@@ -379,3 +379,30 @@ def test_the_headline_says_kept_as_expect_pairs_kept_means_it(tmp_path, ethos_ca
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith(f"Plan: {kept:,} of 120 pairs kept ({r['kept']:,} unchanged, {r['reweighted']:,} "
                            f"reweighted, {r['relabelled']:,} relabelled), {r['excluded']:,} excluded; ")
+
+
+def test_a_separated_concept_is_still_shaped_with_firths_estimate(tmp_path, ethos_cache, capsys):
+    """Wherever the phrase differs, the chosen reply has it: the MLE of α is infinite. A rule on it
+    must still act (Firth's penalised α), say so, and its check must find α′ = k·α."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(80):
+        words = " ".join(rng.choice(["sure", "here", "is", "the", "answer", "to", "that", "maybe", "not"], 6 + i % 7))
+        other = " ".join(rng.choice(["ok", "fine", "so", "it", "goes", "like", "this", "well"], 5 + i % 5))
+        chosen = ("Great question! " if i % 2 == 0 else "") + words
+        rows.append({"prompt": f"question {i}?", "chosen": chosen, "rejected": other})
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "phrase.txt").write_text("great question\n")
+    for rule, offsets in (("block concept phrase;", True), ("block concept phrase via data;", False)):
+        policy = write(tmp_path, f'concept phrase = lexicon "phrase.txt";\n{rule}\n')
+        rc = main(["plan", policy, "--data", str(data), "--out", str(tmp_path / "o"), "--json"])
+        assert rc == 0, capsys.readouterr().err
+        doc = json.loads(capsys.readouterr().out)
+        (c,) = doc["concepts"]
+        assert c["alpha_before"] is None and "separation" in c["note"]  # the audit: the MLE does not exist
+        (w,) = [w for w in doc["warnings"] if "Firth" in w]
+        assert "concept 'phrase'" in w and ("`via loss` can" in w) == (not offsets)
+        if offsets:  # the offset explains the phrase in the 40 pairs it differs in, and the check holds
+            assert doc["margin_offsets"]["pairs"] == 40 and doc["margin_offsets"]["min"] > 0
+            assert c["alpha_after"] == pytest.approx(0.0, abs=1e-6) and c["verdict"] == "on target"

@@ -105,3 +105,20 @@ def test_correlated_pairs_are_flagged():
     z = np.column_stack([a, a + 0.3 * rng.normal(size=500), rng.normal(size=500), np.zeros(500)])
     got = correlated_pairs(z, ["a", "b", "c", "zero"])
     assert [(x["a"], x["b"]) for x in got] == [("a", "b")] and got[0]["r"] > 0.9
+
+
+def test_firth_is_the_mle_on_ample_data_and_finite_under_separation():
+    from ethos.runtime.stats.joint import firth
+
+    z = bt_pairs(4000, np.array([0.8, -0.4]), seed=3)
+    mle = joint(z)
+    a, se, ok = firth(z)
+    assert ok and np.allclose(a, mle.alpha, atol=0.01) and np.allclose(se, mle.se, rtol=0.05)
+    sep = np.abs(bt_pairs(60, np.array([0.5]), seed=4)) + 0.1  # every pair decided by the one concept
+    assert np.isnan(joint(sep).alpha[0])
+    a, se, ok = firth(sep)
+    assert ok and 0 < a[0] < 50 and np.isfinite(se[0])
+    # with the margin offset of a rule (o = (1 − k)·α·z) the penalised fit finds k·α exactly
+    for k in (0.0, 2.0):
+        a2, _, ok2 = firth(sep, offset=(1 - k) * a[0] * sep[:, 0])
+        assert ok2 and a2[0] == pytest.approx(k * a[0], abs=1e-5)
