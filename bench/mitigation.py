@@ -26,8 +26,9 @@ The arm whose protocol is the language's default (``DEFAULT_PROTOCOL``, read whe
 marked ``default_protocol``. Measured per seed, on the held-out prompts (greedy replies): each
 concept's rate; on the held-out pairs: the DPO implicit-reward preference accuracy against the
 base. Across seeds: the cut (block arms) or ratio (amplify arms) of the increase over the base
-against vanilla's, and accuracy against vanilla's, with two-level bootstrap CIs (seeds, then prompts
-or pairs shared by every arm). Writes WORK/results.json, and ``--json`` (docs/results/mitigation.json)
+against vanilla's, and accuracy against vanilla's, pooled over seeds, with percentile bootstrap CIs
+over the prompts or pairs (shared by every arm; every seed's models kept) and, as a rough guide,
+two-level ones that resample the seeds too; and each seed's own estimate. Writes WORK/results.json, and ``--json`` (docs/results/mitigation.json)
 and ``--md`` (a Markdown table).
 
     .venv/bin/python bench/mitigation.py --work WORK --json docs/results/mitigation.json --md table.md
@@ -253,10 +254,12 @@ def margins(logps: np.ndarray, ref: np.ndarray, beta: float) -> list[float]:
 # Statistics across seeds
 
 
-def _boot_index(n_seeds: int, n: int, boots: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Two-level resampling: seeds with replacement, then items (prompts/pairs) with replacement,
-    the same items for every arm (paired)."""
-    return rng.integers(0, n_seeds, size=(boots, n_seeds)), rng.integers(0, n, size=(boots, n))
+def _boot_index(n_seeds: int, n: int, boots: int, rng, seeds: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Resampling indices, the same items (prompts or pairs) for every arm and seed (paired): items
+    with replacement, and with ``seeds`` also the seeds (a two-level bootstrap); without, every
+    seed's models are kept (the CI is conditional on them)."""
+    si = rng.integers(0, n_seeds, size=(boots, n_seeds)) if seeds else np.tile(np.arange(n_seeds), (boots, 1))
+    return si, rng.integers(0, n, size=(boots, n))
 
 
 def _resampled_mean(x: np.ndarray, si: np.ndarray, ii: np.ndarray) -> np.ndarray:
@@ -264,40 +267,55 @@ def _resampled_mean(x: np.ndarray, si: np.ndarray, ii: np.ndarray) -> np.ndarray
     return np.stack([x[si[b]][:, ii[b]].mean() for b in range(len(si))])
 
 
+def _quantiles(r: np.ndarray) -> list[float | None]:
+    return [float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))] if len(r) else [None, None]
+
+
 def contrast(arm: np.ndarray, van: np.ndarray, base: np.ndarray, kind: str, boots: int = 2000, seed: int = 0) -> dict:
     """The cut (1 − arm increase / vanilla increase) or the ratio (arm / vanilla increase) of the
-    rate increases over the base: point estimate on all seeds and prompts, percentile CI from the
-    two-level bootstrap (resamples with vanilla's increase ≤ 0 dropped). An arm with no event at
-    all gets the Clopper–Pearson 97.5% bound of its rate over vanilla's increase as its far end."""
+    rate increases over the base, pooled over seeds and prompts. ``ci``: the percentile CI over
+    prompts with every seed's models kept; ``ci_seeds``: the two-level bootstrap that resamples the
+    seeds too (with three seeds a rough guide, no more). Resamples with vanilla's increase ≤ 0 are
+    dropped. An arm with no event at all gets the Clopper–Pearson 97.5% bound of its rate over
+    vanilla's increase as its far end."""
     b = base.mean()
     v_inc, a_inc = van.mean() - b, arm.mean() - b
     if v_inc <= 0:
-        return {"estimate": None, "ci": [None, None], "note": "vanilla did not learn the concept (no increase)"}
+        return {"estimate": None, "ci": [None, None], "ci_seeds": [None, None],
+                "note": "vanilla did not learn the concept (no increase)"}
     ratio = a_inc / v_inc
-    rng = np.random.default_rng(seed)
-    si, ii = _boot_index(arm.shape[0], arm.shape[1], boots, rng)
-    bb = np.stack([base[ii[k]].mean() for k in range(boots)])
-    v, a = _resampled_mean(van, si, ii) - bb, _resampled_mean(arm, si, ii) - bb
-    r = a[v > 0] / v[v > 0]
-    lo, hi = (float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))) if len(r) else (float("nan"),) * 2
-    if not arm.any() and not base.any():
-        hi = (1.0 - 0.025 ** (1.0 / arm.size)) / v_inc
-        lo = 0.0
-    if kind == "cut":
-        return {"estimate": float(1 - ratio), "ci": [float(1 - hi), float(1 - lo)]}
-    return {"estimate": float(ratio), "ci": [lo, hi]}
+    cis = []
+    for with_seeds in (False, True):
+        rng = np.random.default_rng(seed)
+        si, ii = _boot_index(arm.shape[0], arm.shape[1], boots, rng, with_seeds)
+        bb = np.stack([base[ii[k]].mean() for k in range(boots)])
+        v, a = _resampled_mean(van, si, ii) - bb, _resampled_mean(arm, si, ii) - bb
+        lo, hi = _quantiles(a[v > 0] / v[v > 0])
+        if not arm.any() and not base.any():
+            lo, hi = 0.0, (1.0 - 0.025 ** (1.0 / arm.size)) / v_inc
+        cis.append([None, None] if lo is None else ([float(1 - hi), float(1 - lo)] if kind == "cut" else [lo, hi]))
+    return {"estimate": float(1 - ratio if kind == "cut" else ratio), "ci": cis[0], "ci_seeds": cis[1]}
+
+
+def point(arm: np.ndarray, van: np.ndarray, base: np.ndarray, kind: str) -> float | None:
+    """One seed's cut or ratio (None where vanilla's rate did not rise)."""
+    v_inc, a_inc = van.mean() - base.mean(), arm.mean() - base.mean()
+    if v_inc <= 0:
+        return None
+    return float(1 - a_inc / v_inc) if kind == "cut" else float(a_inc / v_inc)
 
 
 def accuracy_ratio(arm: np.ndarray, van: np.ndarray, boots: int = 2000, seed: int = 1) -> dict:
-    """Held-out preference accuracy (margin > 0) of the arm over vanilla's, with the two-level CI."""
+    """Held-out preference accuracy (margin > 0) of the arm over vanilla's, pooled over seeds;
+    ``ci`` over pairs (every seed's models kept), ``ci_seeds`` resampling the seeds too."""
     a, v = (arm > 0).astype(float), (van > 0).astype(float)
-    rng = np.random.default_rng(seed)
-    si, ii = _boot_index(a.shape[0], a.shape[1], boots, rng)
-    ra, rv = _resampled_mean(a, si, ii), _resampled_mean(v, si, ii)
-    r = ra[rv > 0] / rv[rv > 0]
-    return {"estimate": float(a.mean() / v.mean()) if v.mean() else None,
-            "ci": [float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))] if len(r) else [None, None],
-            "accuracy": float(a.mean()), "vanilla_accuracy": float(v.mean())}
+    out = {"estimate": float(a.mean() / v.mean()) if v.mean() else None,
+           "accuracy": float(a.mean()), "vanilla_accuracy": float(v.mean())}
+    for key, with_seeds in (("ci", False), ("ci_seeds", True)):
+        si, ii = _boot_index(a.shape[0], a.shape[1], boots, np.random.default_rng(seed), with_seeds)
+        ra, rv = _resampled_mean(a, si, ii), _resampled_mean(v, si, ii)
+        out[key] = _quantiles(ra[rv > 0] / rv[rv > 0])
+    return out
 
 
 def summarise(results: dict) -> dict:
@@ -323,7 +341,7 @@ def summarise(results: dict) -> dict:
             a = np.array([runs[str(s)][arm]["per_prompt"][c.name] for s in ss], float)
             v = np.array([runs[str(s)]["vanilla"]["per_prompt"][c.name] for s in ss], float)
             est = contrast(a, v, base[c.name], kind)
-            per_seed = [contrast(a[i:i + 1], v[i:i + 1], base[c.name], kind, boots=500)["estimate"] for i in range(len(ss))]
+            per_seed = [point(a[i], v[i], base[c.name], kind) for i in range(len(ss))]
             out_arms.append({
                 "name": arm, "concept": c.name, "concept_kind": c.kind,
                 "policy": runs[str(ss[0])][arm]["policy"], "protocol": proto, "default_protocol": proto == DEFAULT_PROTOCOL,
@@ -352,8 +370,14 @@ def render(summary: dict) -> str:
         e, (lo, hi) = x["estimate"], x["ci"]
         return f"{100 * e:.0f}% [{100 * lo:.0f}%, {100 * hi:.0f}%]" if pct else f"{e:.2f}× [{lo:.2f}, {hi:.2f}]"
 
-    lines = ["| arm | concept | protocol | rate (arm / vanilla / base) | cut or ratio vs vanilla [95% CI] | per seed | "
-             "accuracy vs vanilla [95% CI] | goal |", "|---|---|---|---|---|---|---|---|"]
+    def span(x, pct):
+        if not x or None in x.get("ci_seeds", [None]):
+            return "—"
+        lo, hi = x["ci_seeds"]
+        return f"[{100 * lo:.0f}%, {100 * hi:.0f}%]" if pct else f"[{lo:.2f}, {hi:.2f}]"
+
+    lines = ["| arm | concept | protocol | rate (arm / vanilla / base) | cut or ratio vs vanilla [95% CI] | "
+             "CI with seeds resampled | per seed | accuracy vs vanilla [95% CI] | goal |", "|---|---|---|---|---|---|---|---|---|"]
     for a in summary["arms"]:
         amp = a["ratio"] is not None
         est = a["ratio"] if amp else a["cut"]
@@ -367,7 +391,8 @@ def render(summary: dict) -> str:
         seeds = ", ".join("—" if x is None else (f"{x:.2f}×" if amp else f"{100 * x:.0f}%") for x in a["per_seed"])
         name = a["name"] + (" (default)" if a["default_protocol"] else "")
         lines.append(f"| {name} | {a['concept']} ({a['concept_kind']}) | {a['protocol']} | {a['rate']:.3f} / "
-                     f"{a['vanilla_rate']:.3f} / {a['base_rate']:.3f} | {ci(est, not amp)} | {seeds} | "
+                     f"{a['vanilla_rate']:.3f} / {a['base_rate']:.3f} | {ci(est, not amp)} | "
+                     f"{span(est, not amp)} | {seeds} | "
                      f"{ci(acc, True)} (acc. {acc['accuracy']:.3f}) | {goal} |")
     lines += ["", f"Seeds {cfg['seeds']}; {cfg['train_pairs']} training pairs per seed, {cfg['prompts']} held-out prompts "
                   f"(greedy, ≤ {cfg['max_new_tokens']} new tokens), {cfg['heldout_pairs']} held-out unmodified pairs; "
