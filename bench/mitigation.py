@@ -355,7 +355,11 @@ def summarise(results: dict) -> dict:
                        "learning_rate": cfg["lr"], "beta": cfg["beta"], "max_length": cfg["max_length"],
                        "max_words": cfg["max_words"], "max_new_tokens": cfg["max_new_tokens"], "model": cfg["model"],
                        "penalty": cfg["penalty"], "device": results.get("device", "?"),
-                       "default_protocol": DEFAULT_PROTOCOL, "seconds_total": results.get("seconds_total")},
+                       "default_protocol": DEFAULT_PROTOCOL,
+                       # measured per run (an interrupted invocation keeps its finished runs' times)
+                       "seconds_runs": float(results["base"].get("eval_seconds", 0) + sum(
+                           x.get("apply_seconds", 0) + x.get("train_seconds", 0) + x.get("eval_seconds", 0)
+                           for r in runs.values() for x in r.values() if isinstance(x, dict) and "policy" in x))},
             "planted": {s: runs[s]["planted"] for s in runs},
             "steering_strength": {s: runs[s]["steering_strength"] for s in runs if "steering_strength" in runs[s]},
             "arms": out_arms}
@@ -399,8 +403,9 @@ def render(summary: dict) -> str:
                   f"{cfg['model']}, LoRA r=16 q/k/v/o, {cfg['steps']} steps of {cfg['batch_size']} pairs, lr {cfg['learning_rate']}, "
                   f"β {cfg['beta']}, max_length {cfg['max_length']}, replies ≤ {cfg['max_words']} words; penalty λ {cfg['penalty']}; "
                   f"device {cfg['device']}; default protocol `{cfg['default_protocol']}`."]
-    if cfg.get("seconds_total"):
-        lines.append(f"Wall time {cfg['seconds_total'] / 60:.1f} min.")
+    if cfg.get("seconds_runs"):
+        lines.append(f"The runs took {cfg['seconds_runs'] / 60:.1f} min in all (apply, train and evaluate of every arm and seed, "
+                     "and the base's evaluation).")
     return "\n".join(lines) + "\n"
 
 
