@@ -25,3 +25,14 @@ def load_file(name: str, path: Path) -> Any:
 @pytest.fixture()
 def load() -> Callable[[str, Path], Any]:
     return load_file
+
+
+@pytest.fixture()
+def tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An offline, private environment (caches under tmp_path, float32) and a tiny random Llama
+    saved like a real model folder (``tests/runtime/conftest.py``)."""
+    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ETHOS_DTYPE": "float32",
+                 "ETHOS_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf")}.items():
+        monkeypatch.setenv(k, v)
+    tiny = load_file("ethos_tests_runtime_conftest", ROOT / "tests" / "runtime" / "conftest.py")
+    return tiny.build_tiny_model(tmp_path / "tiny")

@@ -43,13 +43,8 @@ def test_contrast_statistics(load) -> None:
     assert bench.contrast(arm, np.zeros((3, 50)), base, "cut")["estimate"] is None  # vanilla learned nothing
 
 
-def test_mitigation_smallest_form(load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
-    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ETHOS_DTYPE": "float32",
-                 "ETHOS_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf")}.items():
-        monkeypatch.setenv(k, v)
-    tiny = load("ethos_tests_runtime_conftest", ROOT / "tests" / "runtime" / "conftest.py")
-    model = tiny.build_tiny_model(tmp_path / "tiny")
+def test_mitigation_smallest_form(load, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_model
     bench = load("ethos_bench_mitigation", ROOT / "bench" / "mitigation.py")
     work = tmp_path / "work"
     arms = "vanilla,inoculation,steering,amplify_loss"

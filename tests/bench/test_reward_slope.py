@@ -15,12 +15,8 @@ EMBEDDED = ROOT / "specs" / "data" / "hh-rlhf-helpful-base-test-400.jsonl.gz"
 
 
 def test_reward_slope_quick_form_trains_both_arms_and_reports_the_length_slope(
-        load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ETHOS_DTYPE": "float32",
-                 "ETHOS_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf")}.items():
-        monkeypatch.setenv(k, v)
-    tiny = load("ethos_tests_runtime_conftest", ROOT / "tests" / "runtime" / "conftest.py")
-    model = tiny.build_tiny_model(tmp_path / "tiny")
+        load, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_model
     bench = load("ethos_bench_reward_slope", ROOT / "bench" / "reward_slope.py")
     work = tmp_path / "work"
     assert bench.main(["--quick", "--work", str(work), "--model", str(model), "--heldout", str(EMBEDDED),
