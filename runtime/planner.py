@@ -331,19 +331,24 @@ def _separated(plan: Plan, names: list[str], z: np.ndarray, finite: np.ndarray, 
         return alpha, [], []
     cols = [j for j, n in enumerate(names) if math.isfinite(stats[n].alpha) or n in sep]
     a_f, _, converged = firth(z[finite][:, cols], None)
+    if not converged or not np.all(np.isfinite(a_f)):
+        return alpha, [], [f"concept '{n}': the pairs are separated on it ({stats[n].note.removeprefix('not fitted: ')}) "
+                            f"and Firth's penalised estimate did not converge either: its rules change nothing"
+                            for n in sep]
+    # every concept's α is then Firth's, so the offsets and the check use one estimator (the
+    # penalised fit with the rules' offsets finds k·α exactly)
     out = alpha.copy()
-    warnings = []
-    by_concept = {i.concept: [] for i in plan.interventions}
+    out[cols] = a_f
+    by_concept: dict[str, list[str]] = {}
     for i in plan.interventions:
-        by_concept[i.concept].append(i.protocol)
-    for k, j in enumerate(cols):
-        n = names[j]
-        if n not in sep:
-            continue
-        out[j] = a_f[k]
-        text = (f"concept '{n}': the pairs are separated on it ({stats[n].note.removeprefix('not fitted: ')}), so its "
-                f"rules use Firth's penalised estimate α = {a_f[k]:+.3f}" + ("" if converged else " (not converged)"))
-        if "data" in by_concept[n]:
+        by_concept.setdefault(i.concept, []).append(i.protocol)
+    others = [names[j] for j in cols if names[j] not in sep]
+    warnings = []
+    for n in sep:
+        text = (f"concept '{n}': the pairs are separated on it ({stats[n].note.removeprefix('not fitted: ')}), so the "
+                f"plan uses Firth's penalised estimates, α = {out[names.index(n)]:+.3f} for it"
+                + (f" (and for {', '.join(others)} too, fitted with it)" if others else ""))
+        if "data" in by_concept.get(n, []):
             text += "; importance weights cannot undo a separation (the re-fit stays infinite): `via loss` can"
         warnings.append(text)
     return out, cols, warnings
