@@ -124,11 +124,13 @@ def resolved_factor(i, alpha_c: float) -> float | None:
     return k if np.isfinite(k) else None
 
 
-def rule_text(i) -> str:
+def rule_text(i, *, mark_default: bool = False) -> str:
     """How the accounting and the reports name a rule: ``line 3: block concept v via filter``
-    (``… when topic t`` for a scoped rule)."""
+    (``… when topic t`` for a scoped rule); with ``mark_default``, ``via loss (default)`` for a
+    rule written without ``via``."""
     scope = getattr(i, "scope", None)
-    return f"line {i.span.line}: {i.action} concept {i.concept} via {i.protocol}" + (f" when topic {scope}" if scope else "")
+    via = i.protocol + (" (default)" if mark_default and getattr(i, "default_protocol", False) else "")
+    return f"line {i.span.line}: {i.action} concept {i.concept} via {via}" + (f" when topic {scope}" if scope else "")
 
 
 def in_training(i) -> bool:

@@ -207,17 +207,16 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
     after_alpha = {c.name: (c.alpha, c.alpha_ci) for c in after.concepts}
     if np.any(offset != 0):
         # the loss protocol: a logistic fit with the margin offset learns k·α (module docstring)
-        fitted = [n for n in names if math.isfinite(stats[n].scale) and stats[n].scale > 0]
-        cols = [names.index(n) for n in fitted]
-        zf = z[:, cols] * sim.sign[:, None]
         if firth_cols:  # the before α of a separated concept is Firth's: so is its check (k·α exactly)
-            fitted = [names[j] for j in firth_cols]
             zf = z[:, firth_cols] * sim.sign[:, None]
             live = finite & (sim.weights > 0)
             a_f, se_f, _ = firth(zf[live], sim.weights[live], offset=offset[live])
-            for k, n in enumerate(fitted):
-                after_alpha[n] = (float(a_f[k]), [float(a_f[k] - Z_LEVEL * se_f[k]), float(a_f[k] + Z_LEVEL * se_f[k])])
+            for k, j in enumerate(firth_cols):
+                after_alpha[names[j]] = (float(a_f[k]), [float(a_f[k] - Z_LEVEL * se_f[k]),
+                                                          float(a_f[k] + Z_LEVEL * se_f[k])])
         else:
+            fitted = [n for n in names if math.isfinite(stats[n].scale) and stats[n].scale > 0]
+            zf = z[:, [names.index(n) for n in fitted]] * sim.sign[:, None]
             fit = joint(zf, sim.weights, names=fitted, offset=offset)
             for k, n in enumerate(fitted):
                 after_alpha[n] = (float(fit.alpha[k]), [float(fit.lo[k]), float(fit.hi[k])])
@@ -339,16 +338,14 @@ def _separated(plan: Plan, names: list[str], z: np.ndarray, finite: np.ndarray, 
     # penalised fit with the rules' offsets finds k·α exactly)
     out = alpha.copy()
     out[cols] = a_f
-    by_concept: dict[str, list[str]] = {}
-    for i in plan.interventions:
-        by_concept.setdefault(i.concept, []).append(i.protocol)
+    weighted = {i.concept for i in plan.interventions if i.protocol == "data"}
     others = [names[j] for j in cols if names[j] not in sep]
     warnings = []
     for n in sep:
         text = (f"concept '{n}': the pairs are separated on it ({stats[n].note.removeprefix('not fitted: ')}), so the "
                 f"plan uses Firth's penalised estimates, α = {out[names.index(n)]:+.3f} for it"
                 + (f" (and for {', '.join(others)} too, fitted with it)" if others else ""))
-        if "data" in by_concept.get(n, []):
+        if n in weighted:
             text += "; importance weights cannot undo a separation (the re-fit stays infinite): `via loss` can"
         warnings.append(text)
     return out, cols, warnings
@@ -506,17 +503,6 @@ def summary_line(o: Outcome) -> str:
             f"{met} expectation{'s' * (met != 1)} met, {o.failed} failed.")
 
 
-def rule_label(i) -> str:
-    """A rule as the plan report names it: :func:`interventions.rule_text` with ``(default)`` after
-    the protocol of a rule written without ``via`` (``line 2: block concept v via loss (default)``)."""
-    text = rule_text(i)
-    if not getattr(i, "default_protocol", False):
-        return text
-    head = f"via {i.protocol}"
-    at = text.rindex(head) + len(head)
-    return text[:at] + " (default)" + text[at:]
-
-
 def examples(outcome: Outcome, pairs, per_rule: int = 3) -> list[dict[str, Any]]:
     """The pairs most affected by each simulated rule, with their text (``pairs``: the loaded
     data's pairs; the reports escape the text)."""
@@ -532,7 +518,7 @@ def examples(outcome: Outcome, pairs, per_rule: int = 3) -> list[dict[str, Any]]
             strength = np.abs(sim.weights[idx] - 1.0) + sim.swapped[idx] + (sim.multiplicity[idx] == 0)
         idx = idx[np.argsort(-strength, kind="stable")][:per_rule]
         if len(idx):
-            chosen.append((rule_label(i), [int(k) for k in idx]))
+            chosen.append((rule_text(i, mark_default=True), [int(k) for k in idx]))
     wanted = {outcome.ids[k] for _, idx in chosen for k in idx}
     found = {p.id: p for p in pairs if p.id in wanted}
     out = []
