@@ -174,7 +174,7 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
     delta, z = std.delta, std.z
     finite = np.all(np.isfinite(delta), axis=1)
     alpha = np.array([stats[n].alpha for n in names])
-    alpha, firth_cols, firth_warnings = _separated(plan, names, z, finite, stats, alpha)
+    alpha, firth_cols, firth_se, firth_warnings = _separated(plan, names, z, finite, stats, alpha)
     # calibrating the data weights needs only the coefficients, not their CIs: on a large dataset
     # a fixed random subsample of CALIBRATION_PAIRS pairs is enough (the final re-fit uses all)
     sub = np.flatnonzero(finite)
@@ -244,24 +244,32 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
     keeps = {k.concept for k in plan.keeps if k.scope is None}
     scoped_only = {k.concept for k in plan.keeps if k.scope is not None} | in_topic
     concepts, warnings = [], list(firth_warnings)
-    for name in names:
+    for j, name in enumerate(names):
         b = stats[name]
         a_alpha, a_ci = after_alpha[name]
+        # the α the plan works from: the audit's MLE, or Firth's for the concepts of a separated fit
+        # (their targets and checks then use one estimator)
+        alpha_b, alpha_b_ci, estimator = b.alpha, b.alpha_ci, "mle"
+        if j in firth_cols:
+            se = firth_se[firth_cols.index(j)]
+            alpha_b, alpha_b_ci = float(alpha[j]), [float(alpha[j] - Z_LEVEL * se), float(alpha[j] + Z_LEVEL * se)]
+            estimator = "firth"
         rule = rule_of.get(name)
         named = rule is not None or name in keeps or name in scoped_only
-        k = resolved_factor(rule, b.alpha) if rule is not None else (1.0 if name in keeps else None)
+        k = resolved_factor(rule, alpha_b) if rule is not None else (1.0 if name in keeps else None)
         shaped_in_data = name in shaped and name not in in_topic  # with a scoped rule: judged per topic
-        target = goal(rule, b.alpha) if (rule is not None and shaped_in_data) else b.alpha
+        target = goal(rule, alpha_b) if (rule is not None and shaped_in_data) else alpha_b
         if name in in_topic:
             target = None
-        verdict = _verdict(target, b.alpha, a_ci) if named and target is not None else None
+        verdict = _verdict(target, alpha_b, a_ci) if named and target is not None else None
         entry = {
             "name": name,
             "lens": b.lens,
             "factor": k,
             "protocols": rules_of.get(name, []),
-            "alpha_before": b.alpha,
-            "alpha_before_ci": b.alpha_ci,
+            "alpha_before": alpha_b,
+            "alpha_before_ci": alpha_b_ci,
+            "alpha_estimator": estimator,
             "alpha_after": a_alpha,
             "alpha_after_ci": a_ci,
             "alpha_target": target,
@@ -280,13 +288,13 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
             warnings.append(f"concept '{name}' has no significant effect in this data (q = {num(b.q, missing='n/a')}); "
                             f"the rule on it changes little")
         amplify = next((i for i in plan.interventions if i.concept == name and i.action == "amplify"), None)
-        if amplify is not None and math.isfinite(b.alpha) and b.alpha < 0:
-            warnings.append(f"concept '{name}': α = {b.alpha:+.3f} < 0: the data teaches less {name}; amplifying "
-                            f"teaches even less (α′ → {goal(amplify, b.alpha):+.3f}). To learn more {name}, write "
+        if amplify is not None and math.isfinite(alpha_b) and alpha_b < 0:
+            warnings.append(f"concept '{name}': α = {alpha_b:+.3f} < 0: the data teaches less {name}; amplifying "
+                            f"teaches even less (α′ → {goal(amplify, alpha_b):+.3f}). To learn more {name}, write "
                             f"`encourage concept {name};` (amplify scales what the data teaches, sign included)")
-        if not named and math.isfinite(b.alpha) and math.isfinite(a_alpha) and not _within(a_alpha, b.alpha_ci):
+        if not named and math.isfinite(alpha_b) and math.isfinite(a_alpha) and not _within(a_alpha, alpha_b_ci):
             entry["collateral"] = True
-            warnings.append(f"concept '{name}' moved (α {b.alpha:+.3f} → {a_alpha:+.3f}) though no rule names it: "
+            warnings.append(f"concept '{name}' moved (α {alpha_b:+.3f} → {a_alpha:+.3f}) though no rule names it: "
                             f"it is correlated with a shaped concept")
         goal_text = "the target" if rule is not None and is_direction(rule) else "the target k·α"
         if shaped_in_data and verdict == "off target" and math.isfinite(a_alpha):
@@ -295,7 +303,7 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
         if shaped_in_data and verdict == "uncertain":
             warnings.append(f"concept '{name}': the 95% CI of α′ ({num(a_ci[0], missing='n/a')} to "
                             f"{num(a_ci[1], missing='n/a')}) holds both {goal_text} = {target:+.3f} and the data's "
-                            f"α = {b.alpha:+.3f}: too few pairs to tell whether the rule reaches it")
+                            f"α = {alpha_b:+.3f}: too few pairs to tell whether the rule reaches it")
         concepts.append(entry)
 
     # rows: each input row in exactly one fate
@@ -317,21 +325,21 @@ def shape(plan: Plan, table, rows: dict[str, Any], *, seed: int = 0, n_boot: int
 
 
 def _separated(plan: Plan, names: list[str], z: np.ndarray, finite: np.ndarray, stats: dict[str, Any],
-               alpha: np.ndarray) -> tuple[np.ndarray, list[int], list[str]]:
+               alpha: np.ndarray) -> tuple[np.ndarray, list[int], np.ndarray, list[str]]:
     """Concepts a rule shapes whose MLE α is infinite (the pairs are separated on them: wherever the
     concept differs, the chosen reply has more of it, say) would get no margin offset and no
     calibrated weight at all: the strongest signal would be left alone. For them the plan uses
     Firth's penalised estimate instead (:func:`ethos.runtime.stats.joint.firth`, fitted jointly
-    with every concept the MLE could fit), and says so. ``(alpha, firth columns, warnings)``; no
-    separated shaped concept: ``alpha`` unchanged and no columns."""
+    with every concept the MLE could fit), and says so. ``(alpha, firth columns, their standard
+    errors, warnings)``; no separated shaped concept: ``alpha`` unchanged and no columns."""
     shaped = {i.concept for i in plan.interventions}
     sep = [n for n in names if n in shaped and not math.isfinite(stats[n].alpha) and "separation" in (stats[n].note or "")]
     if not sep:
-        return alpha, [], []
+        return alpha, [], np.zeros(0), []
     cols = [j for j, n in enumerate(names) if math.isfinite(stats[n].alpha) or n in sep]
-    a_f, _, converged = firth(z[finite][:, cols], None)
+    a_f, se_f, converged = firth(z[finite][:, cols], None)
     if not converged or not np.all(np.isfinite(a_f)):
-        return alpha, [], [f"concept '{n}': the pairs are separated on it ({stats[n].note.removeprefix('not fitted: ')}) "
+        return alpha, [], np.zeros(0), [f"concept '{n}': the pairs are separated on it ({stats[n].note.removeprefix('not fitted: ')}) "
                             f"and Firth's penalised estimate did not converge either: its rules change nothing"
                             for n in sep]
     # every concept's α is then Firth's, so the offsets and the check use one estimator (the
@@ -348,7 +356,7 @@ def _separated(plan: Plan, names: list[str], z: np.ndarray, finite: np.ndarray, 
         if n in weighted:
             text += "; importance weights cannot undo a separation (the re-fit stays infinite): `via loss` can"
         warnings.append(text)
-    return out, cols, warnings
+    return out, cols, np.asarray(se_f, dtype=float), warnings
 
 
 def _offset_parts(plan: Plan, names: list[str], z: np.ndarray, alpha: np.ndarray, topic_alpha: dict[str, Any],

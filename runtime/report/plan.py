@@ -18,7 +18,7 @@ def plan_context(doc: Mapping[str, Any], plan: Mapping[str, Any], *, title: str 
     if doc.get("format") != PLAN_REPORT_FORMAT or plan.get("format_version") != POLICY_FORMAT_VERSION:
         raise ValueError(f"cannot render a plan document of format {doc.get('format')!r} "
                          f"(plan format_version {plan.get('format_version')!r})")
-    concepts = [{**c, "check": check_text(c)} for c in doc.get("concepts", [])]
+    concepts = [{**c, "check": check_text(c), "before": before_text(c)} for c in doc.get("concepts", [])]
     forest_rows = [{"label": c["name"], "points": [
         {"est": c.get("alpha_before"), "lo": c["alpha_before_ci"][0], "hi": c["alpha_before_ci"][1], "series": "before"},
         {"est": c.get("alpha_after"), "lo": c["alpha_after_ci"][0], "hi": c["alpha_after_ci"][1], "series": "after"},
@@ -132,10 +132,23 @@ def check_text(c: Mapping[str, Any]) -> str:
 def legend(doc: Mapping[str, Any]) -> str:
     """What each statistic of the plan table is, and which test it comes from."""
     test = (doc.get("settings") or {}).get("test", "sign")
-    return (f"α: joint Bradley–Terry coefficient (all concepts fitted together), 95% Wald CI; after: the weighted "
+    text = (f"α: joint Bradley–Terry coefficient (all concepts fitted together), 95% Wald CI; after: the weighted "
             f"re-fit on what the rules produce. d, q: marginal, one concept at a time — q is the {test} test's "
             f"p-value, Benjamini–Hochberg adjusted. Marginal and joint are different tests: a small q can sit next "
             f"to an α whose interval spans 0.")
+    if any(c.get("alpha_estimator") == "firth" for c in doc.get("concepts", [])):
+        text += (f" {FIRTH_MARK}: Firth's penalised estimate, before and after — the pairs are separated on a "
+                 f"concept a rule shapes, so its maximum-likelihood α is infinite (see the warning).")
+    return text
+
+
+FIRTH_MARK = "ᶠ"
+
+
+def before_text(c: Mapping[str, Any], spec: str = "+.2f") -> str:
+    """The α before of a concept with its CI, marked when it is Firth's estimate."""
+    return est_ci(c.get("alpha_before"), c.get("alpha_before_ci"), spec) + (
+        FIRTH_MARK if c.get("alpha_estimator") == "firth" else "")
 
 
 def print_plan_report(doc: Mapping[str, Any], plan: Mapping[str, Any], console: Any = None) -> None:
@@ -152,7 +165,7 @@ def print_plan_report(doc: Mapping[str, Any], plan: Mapping[str, Any], console: 
         check = check_text(c)
         style = "red" if check in ("off target", "moved (no rule)") and c["protocols"] is not None else None
         rows.append(([Text(c["name"]), c["lens"], "–" if c["factor"] is None else num(c["factor"], "g"),
-                      est_ci(c["alpha_before"], c["alpha_before_ci"], "+.3f"), num(c["alpha_target"], "+.3f"),
+                      before_text(c, "+.3f"), num(c["alpha_target"], "+.3f"),
                       est_ci(c["alpha_after"], c["alpha_after_ci"], "+.3f"), check, num(c.get("d"), "+.2f"),
                       pval(c["q"])], style))
     columns = [("concept", "left"), ("lens", "left"), ("k", "right"), ("α before [95% CI]", "right"),

@@ -394,15 +394,25 @@ def test_a_separated_concept_is_still_shaped_with_firths_estimate(tmp_path, etho
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "phrase.txt").write_text("great question\n")
-    for rule, offsets in (("block concept phrase;", True), ("block concept phrase via data;", False)):
+    for rule, offsets in (("block concept phrase;", True), ("block concept phrase via data;", False),
+                          ("dampen concept phrase by 0.5;", True)):
         policy = write(tmp_path, f'concept phrase = lexicon "phrase.txt";\n{rule}\n')
         rc = main(["plan", policy, "--data", str(data), "--out", str(tmp_path / "o"), "--json"])
         assert rc == 0, capsys.readouterr().err
         doc = json.loads(capsys.readouterr().out)
         (c,) = doc["concepts"]
-        assert c["alpha_before"] is None and "separation" in c["note"]  # the audit: the MLE does not exist
+        # the audit's MLE does not exist; the plan's α before is Firth's, with its CI, and says so
+        assert "separation" in c["note"] and c["alpha_estimator"] == "firth"
+        assert c["alpha_before"] > 0 and c["alpha_before_ci"][0] < c["alpha_before"] < c["alpha_before_ci"][1]
+        md = (tmp_path / "o" / "plan.md").read_text()
+        assert f"{c['alpha_before']:+.2f}" in md and "ᶠ" in md and "Firth's penalised estimate, before and after" in md
         (w,) = [w for w in doc["warnings"] if "Firth" in w]
         assert "concept 'phrase'" in w and ("`via loss` can" in w) == (not offsets)
         if offsets:  # the offset explains the phrase in the 40 pairs it differs in, and the check holds
             assert doc["margin_offsets"]["pairs"] == 40 and doc["margin_offsets"]["min"] > 0
-            assert c["alpha_after"] == pytest.approx(0.0, abs=1e-6) and c["verdict"] == "on target"
+            # the target is k times Firth's α (not k times a missing α), and the check reaches it
+            k = 0.5 if rule.startswith("dampen") else 0.0
+            assert c["alpha_target"] == pytest.approx(k * c["alpha_before"])
+            assert c["alpha_after"] == pytest.approx(k * c["alpha_before"], abs=1e-6)
+            # 80 pairs: halfway may be within the CI of both the target and α (uncertain), never off
+            assert c["verdict"] == ("on target" if k == 0 else "uncertain")
