@@ -228,5 +228,8 @@ def test_train_a_reward_model_and_evaluate_it_from_the_command_line(tiny_model_d
 
     md, html = render_evaluate_markdown(doc), render_evaluate_html(doc)
     assert "No trained model was evaluated" not in md and "No trained model was evaluated" not in html
+    # their header counts held-out pairs and reward models, not the prompts nothing was generated on
+    for text in (md, html):
+        assert "6 held-out preference pairs; 1 reward model (no generation" in text and "held-out prompts" not in text
     assert f"### {out.name}\n" in md and "## Reward models" in md and "| marker | 0 | +1.200 | +0.000 |" in md
     assert f"<h3>{out.name}</h3>" in html and "<td class=\"text name\">hedging</td>" in html
