@@ -2,7 +2,7 @@
 (:mod:`ethos.runtime.sae`: :func:`~ethos.runtime.sae.train_and_save`,
 :func:`~ethos.runtime.sae.evaluate_data`, :func:`~ethos.runtime.sae.describe_and_store`).
 
-Errors print as ``ethos: <message>`` (as ``ethos sae`` always has; progress lines look the same),
+Errors print as every command's do, ``ethos sae: error: <message>`` (:func:`ethos.runtime.cli.main`),
 exit 1; exit 2 when ``--out`` already holds an SAE and ``--force`` is not given.
 """
 
@@ -14,11 +14,7 @@ import sys
 from typing import Any
 
 from ethos.compiler.names import DEFAULT_MODEL
-from ethos.runtime.errors import EXIT_OK, EthosError
-
-
-def _say(message: str) -> None:
-    print(f"ethos: {message}", file=sys.stderr, flush=True)
+from ethos.runtime.errors import EXIT_OK
 
 
 def _command_line() -> str | None:
@@ -37,38 +33,30 @@ def run_train(args: argparse.Namespace) -> int:
     given = {"d_sae": args.d_sae, "k": args.k, "architecture": args.architecture, "tokens": args.tokens,
              "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "aux_loss_coefficient": args.aux_coefficient}
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
-    try:
-        train_and_save(
-            args.out,
-            args.data,
-            model=args.model,
-            layer=args.layer,
-            config=config,
-            text_field=args.text_field,
-            max_unique_tokens=args.max_unique_tokens,
-            holdout=HOLDOUT if args.holdout is None else args.holdout,
-            activations=args.activations,
-            eval_tokens=args.eval_tokens,
-            eval_rows=args.eval_rows,
-            force=args.force,
-            command=_command_line(),
-        )
-    except EthosError as exc:
-        _say(str(exc))
-        return exc.exit_code
+    train_and_save(
+        args.out,
+        args.data,
+        model=args.model,
+        layer=args.layer,
+        config=config,
+        text_field=args.text_field,
+        max_unique_tokens=args.max_unique_tokens,
+        holdout=HOLDOUT if args.holdout is None else args.holdout,
+        activations=args.activations,
+        eval_tokens=args.eval_tokens,
+        eval_rows=args.eval_rows,
+        force=args.force,
+        command=_command_line(),
+    )
     return EXIT_OK
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from ethos.runtime.sae import evaluate_data
 
-    try:
-        metrics = evaluate_data(args.sae, args.data, model=args.model, limit=args.limit, tokens=args.tokens or None,
-                                batch_size=args.batch_size, all_rows=args.all_rows, progress=True,
-                                all_replies=not args.subset_only)
-    except EthosError as exc:
-        _say(str(exc))
-        return exc.exit_code
+    metrics = evaluate_data(args.sae, args.data, model=args.model, limit=args.limit, tokens=args.tokens or None,
+                            batch_size=args.batch_size, all_rows=args.all_rows, progress=True,
+                            all_replies=not args.subset_only)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -87,13 +75,9 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_describe(args: argparse.Namespace) -> int:
     from ethos.runtime.sae import describe_and_store
 
-    try:
-        labels, path = describe_and_store(args.sae, args.data, latents=args.latent or None, k_snippets=args.snippets,
-                                          k_tokens=args.tokens, model=args.model, limit=args.limit,
-                                          progress=True)  # stderr, never mixed with --json
-    except EthosError as exc:
-        _say(str(exc))
-        return exc.exit_code
+    labels, path = describe_and_store(args.sae, args.data, latents=args.latent or None, k_snippets=args.snippets,
+                                      k_tokens=args.tokens, model=args.model, limit=args.limit,
+                                      progress=True)  # stderr, never mixed with --json
     if args.json:
         print(json.dumps({str(i): v for i, v in labels.items()}, indent=2, ensure_ascii=False))
         return EXIT_OK

@@ -370,6 +370,7 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], ethos_ca
     assert main(["sae", "eval", str(tmp_path / "nowhere"), "--data", str(tmp_path / "x.jsonl")]) == 1
     err = capsys.readouterr().err
     assert "unknown SAE" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("ethos sae eval: error: ")  # as every command's errors read
     with pytest.raises(SystemExit) as exc:
         main(["sae"])
     assert exc.value.code == 2
