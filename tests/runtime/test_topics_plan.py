@@ -231,39 +231,36 @@ def test_a_scoped_inoculation_instructs_only_the_topic_s_pairs():
     assert instructed[inside].any() and not instructed[~inside].any()
 
 
-def test_apply_writes_a_scoped_data_rule_s_weights_within_the_topic_only(tmp_path, ethos_cache, capsys):
+def _apply_scoped(tmp_path, capsys, rule: str):
+    """``ethos apply`` of ``rule`` on concept v (words) within topic how (prompts with the word "how"),
+    on the first 80 embedded pairs: (rows, which rows are in the topic, printed output, out folder)."""
     import pyarrow.parquet as pq
 
     (tmp_path / "how.txt").write_text("how\n")
     policy = tmp_path / "p.ethos"
-    policy.write_text('concept v = metric words;\ntopic how = lexicon "how.txt";\nblock concept v via data when topic how;\n')
+    policy.write_text(f'concept v = metric words;\ntopic how = lexicon "how.txt";\n{rule}\n')
     out = tmp_path / "o"
     assert main(["apply", str(policy), "--limit", "80", "--out", str(out)]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
     rows = pq.read_table(out / "dataset.parquet").to_pylist()
     prompts = [" ".join(m["content"] for m in r["prompt"]) for r in rows]  # the prompt's chat messages
     has_how = np.array(["how" in re.findall(r"[a-z]+", p.lower()) for p in prompts])
-    w = np.array([r["weight"] for r in rows])
     assert has_how.any() and (~has_how).any()
+    return rows, has_how, printed, out
+
+
+def test_apply_writes_a_scoped_data_rule_s_weights_within_the_topic_only(tmp_path, ethos_cache, capsys):
+    rows, has_how, _, _ = _apply_scoped(tmp_path, capsys, "block concept v via data when topic how;")
+    w = np.array([r["weight"] for r in rows])
     assert (w[~has_how] == 1).all()  # outside the topic: untouched
     assert np.ptp(w[has_how]) > 0  # inside: reweighted
 
 
 def test_apply_writes_a_scoped_default_rule_s_margin_offsets_within_the_topic_only(tmp_path, ethos_cache, capsys):
     """A rule without `via` is a `loss` rule: every weight stays 1, and the offsets are the topic's."""
-    import pyarrow.parquet as pq
-
-    (tmp_path / "how.txt").write_text("how\n")
-    policy = tmp_path / "p.ethos"
-    policy.write_text('concept v = metric words;\ntopic how = lexicon "how.txt";\nblock concept v when topic how;\n')
-    out = tmp_path / "o"
-    assert main(["apply", str(policy), "--limit", "80", "--out", str(out)]) == 0, capsys.readouterr().err
-    printed = capsys.readouterr().out
-    rows = pq.read_table(out / "dataset.parquet").to_pylist()
-    prompts = [" ".join(m["content"] for m in r["prompt"]) for r in rows]
-    has_how = np.array(["how" in re.findall(r"[a-z]+", p.lower()) for p in prompts])
+    rows, has_how, printed, out = _apply_scoped(tmp_path, capsys, "block concept v when topic how;")
     w = np.array([r["weight"] for r in rows])
     o = np.array([r["margin_offset"] for r in rows])
-    assert has_how.any() and (~has_how).any()
     assert (w == 1).all()
     assert (o[~has_how] == 0).all() and np.count_nonzero(o[has_how]) > 0
     n = int(np.count_nonzero(o))
