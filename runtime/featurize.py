@@ -12,8 +12,18 @@ and, per concept, ``<name>.chosen`` and ``<name>.rejected`` (floats). It
    ``batch_size`` pairs through the truncated forward, the prompt once per pair with its KV cache
    shared by the two replies. The model runs on :func:`ethos.runtime.device.default_device` in
    :func:`~ethos.runtime.device.pick_dtype` (bf16 on CUDA); the lenses score on that device and
-   each batch's scores cross to the host once. Every batch's scores are written to the cache as
-   one shard before the next batch starts, so a run stopped with Ctrl-C resumes where it stopped.
+   each batch's scores (all lenses together) cross to the host once. The loop never lets the
+   device wait for the host: batch k+1's forward and lens kernels are queued before batch k's
+   scores are brought to the host, turned into rows and written, so that host work overlaps
+   the device's.
+
+**Resume.** Activation scores are written to the cache (one shard per write) at least every
+``FLUSH_SECONDS`` (2 s) or ``FLUSH_ROWS`` rows, at the end, and when the run stops early: on
+Ctrl-C or an error, every batch whose scores are complete is written before the exception goes
+on, and only the batch whose forward was being queued is lost. A rerun computes only what no
+shard holds. A process killed outright (SIGKILL, power loss) loses the batches scored since the
+last write — at most about ``FLUSH_SECONDS`` of work plus the batches in flight — which a rerun
+recomputes. Text scores are written in shards of ``TEXT_CHUNK`` pairs.
 
 ``attrs["ethos"]["stats"]`` also records the ``device`` the model ran on and the padding of its
 batches: ``positions`` (rows × width of every padded batch, prompts and continuations) of which
@@ -37,17 +47,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 
 from ethos.compiler.plan import Plan
 
 from .cache import Row, ScoreCache, group_id, text_key
+from .device import to_numpy
 from .documents import FEATURIZE_FORMAT
 from .errors import EthosError
 from .hub import hub_snapshot, text_config
 from .lenses import Lens, LensContext, build_lens
 from .model import (
     DEFAULT_MAX_TOKENS,
+    POOL_STATS,
     PairTokens,
     check_layer,
     length_batches,
@@ -60,6 +74,8 @@ from .progress import stage
 
 META_KEY = b"ethos.featurize"
 TEXT_CHUNK = 1024  # pairs per shard for text lenses
+FLUSH_SECONDS = 2.0  # activation scores are written to the cache at least this often ...
+FLUSH_ROWS = 1 << 16  # ... or once this many rows wait (and at the end, and when stopped)
 
 SIDES = ("chosen", "rejected")
 
@@ -75,6 +91,35 @@ def shard_bounds(n: int, num_shards: int, shard_index: int) -> tuple[int, int]:
     return shard_index * n // num_shards, (shard_index + 1) * n // num_shards
 
 
+class _HostCopies:
+    """Brings a batch's pooled scores to the host without waiting for the work queued after them.
+
+    On CUDA the stream is in order: a plain copy of batch k's scores, asked for once batch k+1's
+    forward is queued, would wait for that forward too. :meth:`mark` records an event after
+    batch k's kernels; :meth:`fetch` copies on a side stream that waits for that event only, so
+    the host builds rows and writes shards while the device runs the next forward. Elsewhere
+    (CPU, meta) the work is already done or has no data, and :meth:`fetch` is a plain
+    :func:`~ethos.runtime.device.to_numpy`, the one door to the host either way."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def mark(self) -> Any:
+        if self.stream is None:
+            return None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def fetch(self, tensor: torch.Tensor, mark: Any) -> np.ndarray:
+        if self.stream is None or mark is None:
+            return to_numpy(tensor)
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(mark)
+            return to_numpy(tensor)  # a blocking copy: it waits for this stream only
+
+
 def featurize(
     plan: Plan,
     load_result: Any,
@@ -86,14 +131,16 @@ def featurize(
     progress: bool = True,
     model: str | None = None,
     layer: int | None = None,
-    share_prompt: bool = True,
+    share_prompt: bool | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     on_shard: Callable[[Path], None] | None = None,
 ) -> pd.DataFrame:
     """Score the usable pairs of ``load_result`` (this shard's block) with ``plan``'s concepts.
 
     ``cache_dir`` is the ethos cache root (default ``$ETHOS_CACHE``); ``model``/``layer``
-    override the plan's binding; ``on_shard`` is called with each cache shard written (for
+    override the plan's binding; ``share_prompt`` runs each prompt once with its KV cache shared by
+    the two replies (None: on the CPU, where it is faster, not on CUDA, where it measured slower —
+    :func:`default_share_prompt`); ``on_shard`` is called with each cache shard written (for
     tests and monitoring). The table's ``attrs["ethos"]`` holds the run's metadata (shard block,
     fingerprints, lens identities) and statistics (pairs computed and cached, tokens, seconds).
     """
@@ -141,9 +188,12 @@ def featurize(
                              "shards_written": 0, "positions": 0, "padded_positions": 0, "device": None}
 
     def write(group: str, rows: list[Row]) -> None:
+        """Put ``rows`` in the cache as one shard and empty the list (before ``on_shard`` runs,
+        so a failing callback never writes them twice)."""
         path = cache.put(group, rows)
         for n, k, s, v in rows:
             found.setdefault((n, k), {})[s] = v
+        rows.clear()
         if path is not None:
             stats["shards_written"] += 1
             if on_shard is not None:
@@ -180,6 +230,9 @@ def featurize(
             raise FeaturizeError(f"model folder {folder} changed while featurize was starting")
         encoder, tokenizer = runtime.encoder, runtime.tokenizer
         stats["device"] = str(runtime.device)
+        if share_prompt is None:
+            share_prompt = default_share_prompt(runtime.device)
+        stats["share_prompt"] = share_prompt
         context.tokenizer = tokenizer
         context.runtime = runtime
         for n in act_lenses:
@@ -190,22 +243,65 @@ def featurize(
             for i in todo
         ]
         positions0, real0 = encoder.positions, encoder.real_positions
-        with stage("featurize", total=len(todo), unit="pairs", enabled=progress) as bar:
+        host = _HostCopies(encoder.device)
+        batch_rows: list[Row] = []  # computed scores not yet in the cache
+        # Batches whose lens kernels are queued on the device but whose scores are not yet on the
+        # host: (pair indices, pooled (lenses, replies, 2) tensor, the device's mark after it).
+        inflight: list[tuple[list[int], Any, Any]] = []
+        last_flush = time.perf_counter()
+
+        def collect(bar: Any) -> None:
+            """Bring the oldest in-flight batch's scores to the host, as rows to be written."""
+            batch, pooled, mark = inflight[0]
+            scores = host.fetch(pooled, mark)  # waits for this batch's kernels only
+            sides = [(b, j) for b in batch for j in range(2)]
+            rows = [(ns[n], keys[todo[b]][j], stat, float(v))
+                    for n, per_lens in zip(act_lenses, scores)
+                    for (b, j), per_reply in zip(sides, per_lens)
+                    for stat, v in zip(POOL_STATS, per_reply)]
+            batch_rows.extend(rows)
+            del inflight[0]
+            stats["computed_pairs"] += len(batch)
+            stats["tokens"] += sum(items[b].n_tokens() for b in batch)
+            elapsed = time.perf_counter() - t_model
+            stats["model_seconds"] = elapsed
+            bar.advance(len(batch), note=f"{stats['tokens'] / max(elapsed, 1e-9):,.0f} tok/s")
+
+        def flush() -> None:
+            nonlocal last_flush
+            write(group, batch_rows)
+            last_flush = time.perf_counter()
+
+        with stage("featurize", total=len(todo), unit="pairs", enabled=progress) as bar, torch.inference_mode():
             t_model = time.perf_counter()
-            for batch in length_batches(items, batch_size, share_prompt=share_prompt):
-                acts = encoder.encode_batch([items[b] for b in batch], share_prompt=share_prompt)
-                flat = [a for pair_acts in acts for a in pair_acts]
-                rows: list[Row] = []
-                for n in act_lenses:
-                    scores = lenses[n].score_activations(flat)
-                    for (b, j), sc in zip(((b, j) for b in batch for j in range(2)), scores):
-                        rows.extend((ns[n], keys[todo[b]][j], s, v) for s, v in sc.items())
-                write(group, rows)
-                stats["computed_pairs"] += len(batch)
-                stats["tokens"] += sum(items[b].n_tokens() for b in batch)
-                elapsed = time.perf_counter() - t_model
-                stats["model_seconds"] = elapsed
-                bar.advance(len(batch), note=f"{stats['tokens'] / max(elapsed, 1e-9):,.0f} tok/s")
+            try:
+                for batch in length_batches(items, batch_size, share_prompt=share_prompt):
+                    replies = encoder.encode_replies([items[b] for b in batch], share_prompt=share_prompt)
+                    pooled = torch.stack([lenses[n].pool_activations(replies).to(encoder.device) for n in act_lenses])
+                    del replies  # the layer's output is no longer needed once the lens kernels are queued
+                    inflight.append((batch, pooled, host.mark()))
+                    if len(inflight) > 1:  # the previous batch, while this one runs on the device
+                        collect(bar)
+                        if len(batch_rows) >= FLUSH_ROWS or time.perf_counter() - last_flush >= FLUSH_SECONDS:
+                            flush()
+                while inflight:
+                    collect(bar)
+                flush()
+            except BaseException:
+                # Ctrl-C or an error: keep every batch whose scores are complete, then re-raise.
+                # A batch whose scores cannot be read back (the device failed) is lost, and so is
+                # the batch whose forward was running; a failing write leaves the original error.
+                try:
+                    while inflight:
+                        collect(bar)
+                except Exception:
+                    pass
+                try:
+                    flush()
+                except Exception:
+                    pass
+                raise
+            stats["model_seconds"] = time.perf_counter() - t_model
         stats["positions"] = encoder.positions - positions0
         stats["padded_positions"] = stats["positions"] - (encoder.real_positions - real0)
         for g in set(groups.values()):
@@ -238,6 +334,17 @@ def featurize(
         "stats": stats,
     }
     return table
+
+
+def default_share_prompt(device: torch.device) -> bool:
+    """Whether featurize shares each prompt's KV cache between its two replies by default.
+
+    On the CPU the forward's cost follows the tokens run, and running each prompt once is faster
+    (1.38x on multi-turn hh-rlhf, docs/performance.md). On a GPU the forward of a small model
+    costs what its padded batch costs, and the shared forward's padding (57% of positions against
+    24% for plain rows) outweighs the prompt tokens it saves: 0.77x of plain rows on an H200 with
+    the default model, 0.87x with a 1B model. So: shared on the CPU, plain rows elsewhere."""
+    return device.type == "cpu"
 
 
 def _extra(lens: Lens) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -303,30 +303,107 @@ class _Stop(Exception):
     """Raised by the capture hook to end a forward after the layer that is read."""
 
 
-def pool_segments(values: torch.Tensor, lengths: Sequence[int]) -> list[dict[str, float]]:
+POOL_STATS = ("mean", "max")
+"""The columns of :func:`pool_segments_on_device`'s result, the keys of :func:`pool_segments`'s dicts."""
+
+
+def pool_segments_on_device(values: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
     """Pooled scores of consecutive replies in ``values``, (tokens,) or (tokens, k) on any device,
-    reply ``i`` being the next ``lengths[i]`` rows: ``mean`` is the sum over the k columns of
-    their mean over the reply's tokens, ``max`` the sum of their max (NaN for an empty reply).
-    Computed where ``values`` live in a fixed number of kernels (segment sums and maxima, not a
-    loop over replies); one copy to the host for all replies."""
-    if not lengths:
-        return []
+    reply ``i`` being the next ``lengths[i]`` rows: a float32 (replies, 2) tensor where ``values``
+    live, column 0 (``mean``) the sum over the k columns of their mean over the reply's tokens,
+    column 1 (``max``) the sum of their max, both NaN for an empty reply. Computed in a fixed
+    number of kernels (segment sums and maxima, not a loop over replies), with one copy of the
+    segment index to the device and none back: nothing waits for the device."""
     v = (values if values.ndim == 2 else values.reshape(-1, 1)).float()
     r, k = len(lengths), v.shape[1]
+    if not r:
+        return torch.zeros((0, 2), device=v.device)
     counts = torch.tensor(list(lengths), dtype=torch.long)
-    segment = torch.repeat_interleave(torch.arange(r), counts).to(v.device, non_blocking=True)
+    total = int(counts.sum())
+    # the segment of every row and the counts cross to the device in one copy
+    both = torch.cat([torch.repeat_interleave(torch.arange(r), counts), counts]).to(v.device, non_blocking=True)
+    segment, n = both[:total], both[total:].float()
     sums = torch.zeros((r, k), device=v.device).index_add_(0, segment, v)
     maxima = torch.full((r, k), float("-inf"), device=v.device).scatter_reduce_(
         0, segment[:, None].expand(-1, k), v, reduce="amax", include_self=True)
-    n = counts.to(v.device, non_blocking=True).float()
     pooled = torch.stack([(sums / n.clamp(min=1)[:, None]).sum(dim=1), maxima.sum(dim=1)], dim=1)
-    pooled = torch.where((n > 0)[:, None], pooled, torch.full_like(pooled, float("nan")))
-    return [{"mean": float(m), "max": float(x)} for m, x in to_numpy(pooled)]
+    return torch.where((n > 0)[:, None], pooled, torch.full_like(pooled, float("nan")))
+
+
+def pooled_scores(pooled: torch.Tensor) -> list[dict[str, float]]:
+    """The host side of :func:`pool_segments_on_device`: its (replies, 2) result as one dict of
+    :data:`POOL_STATS` per reply, in one copy to the host (through :func:`to_numpy`)."""
+    return [dict(zip(POOL_STATS, map(float, row))) for row in to_numpy(pooled)]
+
+
+def pool_segments(values: torch.Tensor, lengths: Sequence[int]) -> list[dict[str, float]]:
+    """:func:`pool_segments_on_device` brought to the host: ``{"mean": x, "max": y}`` per reply
+    (NaN for an empty reply); one copy to the host for all replies."""
+    if not lengths:
+        return []
+    return pooled_scores(pool_segments_on_device(values, lengths))
 
 
 def pool(acts: torch.Tensor) -> dict[str, float]:
     """Mean and max of a (tokens,) score vector; NaN for an empty reply."""
     return pool_segments(acts.reshape(-1), [acts.numel()])[0]
+
+
+@dataclass
+class ReplyActivations:
+    """One batch's reply activations where the forward left them (made by
+    :meth:`Encoder.encode_replies`): reply ``i`` (the items' replies in order, ``per_item`` of
+    them per item) is ``hidden[row, start:stop]`` for ``(row, start, stop) = spans[i]``.
+    ``hidden`` is the layer's output, (rows, width, d_model) in the model's dtype on its device.
+
+    :meth:`tokens` gathers every reply's tokens into one float32 tensor (one index kernel and one
+    conversion, however many replies); :meth:`split` views it per item and reply, which is what
+    :meth:`Encoder.encode_batch` returns."""
+
+    hidden: torch.Tensor
+    spans: tuple[tuple[int, int, int], ...]
+    per_item: tuple[int, ...]
+    _tokens: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per reply."""
+        return [b - a for _, a, b in self.spans]
+
+    def tokens(self) -> torch.Tensor:
+        """Every reply's tokens, replies in order, as one (sum of lengths, d_model) float32 tensor
+        on the model's device; computed once (the lenses of a batch share it)."""
+        if self._tokens is None:
+            rows, width, d = self.hidden.shape
+            lengths = torch.tensor(self.lengths, dtype=torch.long)
+            starts = torch.tensor([row * width + a for row, a, _ in self.spans], dtype=torch.long)
+            # flat position of token t of reply i: starts[i] + t, as arange(total) shifted per reply
+            offsets = torch.cumsum(lengths, 0) - lengths
+            index = torch.arange(sum(self.lengths)) + torch.repeat_interleave(starts - offsets, lengths)
+            flat = self.hidden.reshape(rows * width, d)
+            self._tokens = flat.index_select(0, index.to(flat.device, non_blocking=True)).float()
+        return self._tokens
+
+    def split(self) -> list[list[torch.Tensor]]:
+        """``out[i][j]``: the (tokens, d_model) float32 activations of reply j of item i (views of
+        :meth:`tokens`)."""
+        flat = list(torch.split(self.tokens(), self.lengths)) if self.spans else []
+        out, k = [], 0
+        for n in self.per_item:
+            out.append(flat[k : k + n])
+            k += n
+        return out
+
+
+def reply_tokens(acts: "ReplyActivations | Sequence[torch.Tensor]") -> tuple[torch.Tensor | None, list[int]]:
+    """A batch's reply activations as one float32 (tokens, d_model) tensor and the replies'
+    lengths: :meth:`ReplyActivations.tokens`, or the concatenation of per-reply tensors (None
+    for no reply)."""
+    if isinstance(acts, ReplyActivations):
+        return acts.tokens(), acts.lengths
+    if not acts:
+        return None, []
+    return torch.cat([a.float() for a in acts]), [a.shape[0] for a in acts]
 
 
 Edit = Callable[[torch.Tensor], "torch.Tensor | None"]
@@ -360,7 +437,10 @@ class Encoder:
     prompts once and their continuations on the prompts' KV cache (a ``DynamicCache`` repeated
     for each continuation); ``encode`` runs many :class:`PairTokens` in length-sorted batches,
     either as plain sequences (prompt + reply, one row per reply) or through ``shared_forward``.
-    Activations come back as float32 tensors of shape (reply tokens, d_model).
+    ``encode_replies`` leaves a batch's reply activations on the device as one
+    :class:`ReplyActivations` (what featurize's lenses pool from, without waiting for the
+    device); ``encode_batch`` and ``encode`` return them as float32 tensors of shape
+    (reply tokens, d_model).
     """
 
     def __init__(self, model: Any, layer: int, *, pad_id: int | None = None) -> None:
@@ -485,38 +565,36 @@ class Encoder:
         return SharedForward(prompt_hidden, hidden, final, r_ids, r_mask, n, copies)
 
     # -- batches -------------------------------------------------------------------------------
-    def _plain(self, items: Sequence[PairTokens]) -> list[list[torch.Tensor]]:
-        rows, where = [], []
+    def _plain(self, items: Sequence[PairTokens]) -> ReplyActivations:
+        rows, spans = [], []
         for it in items:
             for cont, (a, b) in zip(it.continuations, it.spans):
+                spans.append((len(rows), len(it.prompt) + a, len(it.prompt) + b))
                 rows.append(list(it.prompt) + list(cont))
-                where.append((len(it.prompt) + a, len(it.prompt) + b))
         ids, mask = self.pad(rows)
-        h = self.hidden(ids, mask)
-        flat = [h[i, a:b].float() for i, (a, b) in enumerate(where)]
-        out, k = [], 0
-        for it in items:
-            n = len(it.continuations)
-            out.append(flat[k : k + n])
-            k += n
-        return out
+        return ReplyActivations(self.hidden(ids, mask), tuple(spans), tuple(len(it.continuations) for it in items))
 
-    def _shared(self, items: Sequence[PairTokens]) -> list[list[torch.Tensor]]:
+    def _shared(self, items: Sequence[PairTokens]) -> ReplyActivations:
         n = len(items[0].continuations)
         if any(len(it.continuations) != n for it in items) or any(not it.prompt for it in items):
             return self._plain(items)
         h = self.shared_forward([it.prompt for it in items], [it.continuations for it in items]).hidden
-        out, k = [], 0
-        for it in items:
-            out.append([h[k + j, a:b].float() for j, (a, b) in enumerate(it.spans)])
-            k += n
-        return out
+        spans = tuple((k * n + j, a, b) for k, it in enumerate(items) for j, (a, b) in enumerate(it.spans))
+        return ReplyActivations(h, spans, (n,) * len(items))
+
+    @torch.inference_mode()
+    def encode_replies(self, items: Sequence[PairTokens], *, share_prompt: bool = True) -> ReplyActivations:
+        """One batch's reply activations, left where the forward put them (see
+        :class:`ReplyActivations`); nothing waits for the device."""
+        if not items:
+            return ReplyActivations(torch.zeros((0, 1, self.d_model), device=self.device), (), ())
+        return self._shared(items) if share_prompt else self._plain(items)
 
     def encode_batch(self, items: Sequence[PairTokens], *, share_prompt: bool = True) -> list[list[torch.Tensor]]:
         """Reply activations for one batch: ``out[i][j]`` is (tokens of reply j of item i, d)."""
         if not items:
             return []
-        return self._shared(items) if share_prompt else self._plain(items)
+        return self.encode_replies(items, share_prompt=share_prompt).split()
 
     def encode(
         self, items: Sequence[PairTokens], *, batch_size: int = 8, share_prompt: bool = True

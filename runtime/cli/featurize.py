@@ -47,7 +47,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--layer", type=int, metavar="L", help="layer to read (overrides the policy)")
     p.add_argument("--num-shards", type=int, default=1, metavar="N", help="split the pairs into N blocks")
     p.add_argument("--shard-index", type=int, default=0, metavar="I", help="score block I (0-based)")
-    p.add_argument("--no-share-prompt", action="store_true", help="run the prompt once per reply (no KV reuse)")
+    share = p.add_mutually_exclusive_group()
+    share.add_argument("--share-prompt", dest="share_prompt", action="store_true", default=None,
+                       help="run each prompt once, its KV cache shared by both replies (default on a CPU)")
+    share.add_argument("--no-share-prompt", dest="share_prompt", action="store_false",
+                       help="run the prompt once per reply, no KV reuse (default on a GPU, where it is faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--merge", metavar="OUT", help="merge shard outputs (positional PARTs) into OUT and exit")
     p.add_argument("parts", nargs="*", metavar="PART", help="shard outputs to merge (with --merge)")
@@ -127,7 +131,7 @@ def run_featurize(args: argparse.Namespace) -> int:
             progress=not args.no_progress and (launch is None or launch.is_main),  # stderr: never mixes with --json
             model=args.model,
             layer=args.layer,
-            share_prompt=not args.no_share_prompt,
+            share_prompt=args.share_prompt,
         )
         if launch is None:
             write_scores(table, out)

@@ -104,9 +104,19 @@ class Lens(ABC):
         """Scores of ``(prompt, reply)`` items; for ``text`` and ``tokenizer`` lenses."""
         raise NotImplementedError(f"{self.kind} lens does not score text")
 
-    def score_activations(self, acts: Sequence[Any]) -> list[Scores]:
-        """Scores from each reply's activations, (reply tokens, d_model) float32 tensors."""
+    def pool_activations(self, acts: Any) -> Any:
+        """The device half of :meth:`score_activations`: a float32 (replies, 2) tensor on the
+        activations' device, columns ``mean`` and ``max`` (``model.POOL_STATS``), queued on the
+        device without waiting for it. ``acts`` is a ``model.ReplyActivations`` (one batch as the
+        forward left it) or a sequence of (reply tokens, d_model) tensors, one per reply."""
         raise NotImplementedError(f"{self.kind} lens does not score activations")
+
+    def score_activations(self, acts: Any) -> list[Scores]:
+        """Scores from each reply's activations (as for :meth:`pool_activations`): its pooled
+        tensor brought to the host in one copy, ``{"mean": x, "max": y}`` per reply."""
+        from ..model import pooled_scores
+
+        return pooled_scores(self.pool_activations(acts))
 
     def key(self) -> str:
         """The sha256 of ``to_dict()``: the lens's namespace in the score cache."""

@@ -8,7 +8,8 @@ the concept's ``pool`` picks which is reported).
 SAE names resolve and SAEs load in one place, :mod:`ethos.runtime.sae.load` (:func:`find_sae`: a
 path to a folder with ``cfg.json``, or a name looked up as ``$ETHOS_CACHE/saes/<name>/``;
 ``default`` falls back to the SAE shipped in ``specs/saes/default/``, docs/sae.md; :func:`load_sae`
-loads it in float32, here on the model's device, where the latents are encoded and pooled; the
+loads it in float32, here on the model's device, where the latents are encoded and pooled:
+:meth:`FeaturesLens.pool_activations` queues that work without waiting for the device, and the
 scores cross to the host once per batch). Latent ids are range-checked against the SAE's ``d_sae`` when the lens is
 built, before any model is loaded, with the policy position in the message.
 """
@@ -21,9 +22,9 @@ from typing import Any
 import torch
 
 from ..hub import HubError, check_sae_fits
-from ..model import pool_segments
+from ..model import ReplyActivations, pool_segments_on_device, reply_tokens
 from ..sae.load import SAEError, find_sae, load_sae, sae_info
-from . import Lens, LensContext, LensError, Scores, register_lens
+from . import Lens, LensContext, LensError, register_lens
 
 FEATURES_VERSION = 2
 """Bumped when the scores change for the same SAE, latents, model and layer (2: the SAE is used
@@ -84,13 +85,12 @@ class FeaturesLens(Lens):
         self._ids = torch.tensor(self.latents, dtype=torch.long, device=runtime.device)
 
     @torch.inference_mode()
-    def score_activations(self, acts: Sequence[torch.Tensor]) -> list[Scores]:
+    def pool_activations(self, acts: ReplyActivations | Sequence[torch.Tensor]) -> torch.Tensor:
         if self._sae is None or self._ids is None:
             raise LensError(f"features {self.concept.name!r} used before its SAE was loaded")
-        lengths = [a.shape[0] for a in acts]
-        if not acts or sum(lengths) == 0:
-            return [{"mean": float("nan"), "max": float("nan")} for _ in acts]
         param = next(self._sae.parameters())
-        x = torch.cat(list(acts)).to(device=param.device, dtype=param.dtype)
-        z = self._sae.encode(x)[:, self._ids.to(param.device)].float()
-        return pool_segments(z, lengths)
+        x, lengths = reply_tokens(acts)
+        if x is None or sum(lengths) == 0:
+            return torch.full((len(lengths), 2), float("nan"), device=param.device)
+        z = self._sae.encode(x.to(device=param.device, dtype=param.dtype))[:, self._ids.to(param.device)].float()
+        return pool_segments_on_device(z, lengths)

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ..device import as_tensor, to_float, to_numpy
-from ..model import ModelRuntime, cache_root, pool_segments, say, tokenize_pair
-from . import Lens, LensContext, LensError, Scores, register_lens
+from ..model import ModelRuntime, ReplyActivations, cache_root, pool_segments_on_device, reply_tokens, say, tokenize_pair
+from . import Lens, LensContext, LensError, register_lens
 
 # What reading a damaged or foreign cached direction file can raise (it is then recomputed).
 _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError)
@@ -149,10 +149,11 @@ class ProbeLens(Lens):
         self._d = as_tensor(direction, runtime.device, torch.float32)  # on the model's device
 
     @torch.inference_mode()
-    def score_activations(self, acts: Sequence[torch.Tensor]) -> list[Scores]:
+    def pool_activations(self, acts: ReplyActivations | Sequence[torch.Tensor]) -> torch.Tensor:
         if self._d is None:
             raise LensError(f"probe {self.concept.name!r} used before its direction was prepared")
-        if not acts:
-            return []
-        d = self._d if self._d.device == acts[0].device else self._d.to(acts[0].device)
-        return pool_segments(torch.cat([a.float() for a in acts]) @ d, [a.shape[0] for a in acts])
+        x, lengths = reply_tokens(acts)
+        if x is None:
+            return torch.zeros((0, 2), device=self._d.device)
+        d = self._d if self._d.device == x.device else self._d.to(x.device)
+        return pool_segments_on_device(x @ d, lengths)

@@ -300,6 +300,9 @@ def test_featurize_with_the_model_on_the_meta_device(tmp_path: Path, tiny_model_
     assert all(table[c].dtype == np.float64 for c in table.columns if c != "id")
     stats = table.attrs["ethos"]["stats"]
     assert stats["positions"] >= stats["padded_positions"] >= 0 and stats["positions"] > 0
+    # the probe direction (its norm, then itself), then one copy to the host per batch (6 pairs
+    # in batches of 4 and 2) for both lenses together: (lenses, replies, mean/max)
+    assert sorted(shape for shape, _ in on_meta) == [(), (2, 4, 2), (2, 8, 2), (64,)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +333,28 @@ def test_featurize_on_cuda_equals_cpu(tmp_path: Path, tiny_model_dir: Path, tiny
     for c in tables["cpu"].columns:
         if c != "id":
             np.testing.assert_allclose(tables["cuda"][c], tables["cpu"][c], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_featurize_brings_a_batch_to_the_host_without_waiting_for_the_next() -> None:
+    """featurize's pipeline on CUDA: batch k's scores come to the host while the work queued
+    after them (batch k+1's forward, here ~20 large matmuls) still runs on the device."""
+    from ethos.runtime.featurize import _HostCopies
+
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    host = _HostCopies(cuda)
+    scores = torch.arange(6.0, device=cuda).reshape(3, 2) * 2
+    mark = host.mark()
+    a = torch.randn(8192, 8192, device=cuda)
+    later = [a @ a for _ in range(20)]
+    done = torch.cuda.Event()
+    done.record()
+    got = host.fetch(scores, mark)
+    still_running = not done.query()
+    torch.cuda.synchronize()
+    assert got.tolist() == [[0.0, 2.0], [4.0, 6.0], [8.0, 10.0]] and len(later) == 20
+    assert still_running, "the copy of batch k's scores waited for the work queued after it"
 
 
 @pytest.mark.gpu

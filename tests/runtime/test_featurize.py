@@ -107,6 +107,30 @@ def test_shared_prompt_reuse_gives_the_same_scores(tmp_path: Path, policy_dir: P
     shared = featurize(plan, data, cache_dir=tmp_path / "a", batch_size=4, progress=False, share_prompt=True)
     plain = featurize(plan, data, cache_dir=tmp_path / "b", batch_size=4, progress=False, share_prompt=False)
     pd.testing.assert_frame_equal(shared, plain, check_exact=False, atol=1e-4, rtol=1e-4)
+    assert shared.attrs["ethos"]["stats"]["share_prompt"] is True and plain.attrs["ethos"]["stats"]["share_prompt"] is False
+
+
+def test_the_prompt_is_shared_by_default_on_a_cpu_only(tmp_path: Path, policy_dir: Path, tiny_model_dir: Path,
+                                                       tiny_sae_dir: Path) -> None:
+    """Shared-prompt reuse wins on the CPU and loses on a GPU (docs/performance.md): the default follows
+    the device, and the command line can force either."""
+    import torch
+
+    from ethos.runtime.cli.featurize import register
+    from ethos.runtime.featurize import default_share_prompt
+
+    assert default_share_prompt(torch.device("cpu")) is True
+    assert default_share_prompt(torch.device("cuda", 0)) is False
+    table = featurize(make_plan(policy_dir, tiny_model_dir, tiny_sae_dir), make_pairs(3), cache_dir=tmp_path / "c",
+                      progress=False)
+    assert table.attrs["ethos"]["stats"]["share_prompt"] is True  # this machine: a CPU
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    flags = {(): None, ("--share-prompt",): True, ("--no-share-prompt",): False}
+    for extra, value in flags.items():
+        assert parser.parse_args(["featurize", "--concepts", "verbosity", *extra]).share_prompt is value
 
 
 def test_text_only_plan_loads_no_model(tmp_path: Path, policy_dir: Path) -> None:
@@ -130,23 +154,126 @@ def test_warm_rerun_computes_nothing_and_loads_no_model(
     assert warm.attrs["ethos"]["stats"]["shards_written"] == 0
 
 
-def test_resume_after_interrupt_computes_only_the_rest(tmp_path: Path, policy_dir: Path, tiny_model_dir: Path) -> None:
+def model_shards(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if "-L" in p.parent.name]  # the activation scores' group
+
+
+def test_resume_after_interrupt_computes_only_the_rest(
+    tmp_path: Path, policy_dir: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every batch written as its own shard (FLUSH_SECONDS 0); the callback stops the run at the
+    first model shard, written while the second batch was in flight: that batch's scores are
+    complete, so they are written too before the interrupt goes on."""
+    import ethos.runtime.featurize as fz
+
+    monkeypatch.setattr(fz, "FLUSH_SECONDS", 0.0)
     plan = make_plan(policy_dir, tiny_model_dir)
     data = make_pairs(10)
     written: list[Path] = []
 
-    def stop_after_first_model_shard(path: Path) -> None:
+    def stop_at_the_first_model_shard(path: Path) -> None:
         written.append(path)
-        if "-L" in path.parent.name:  # the first batch of activations
+        if len(model_shards(written)) == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        featurize(plan, data, cache_dir=tmp_path / "c", batch_size=4, progress=False, on_shard=stop_after_first_model_shard)
-    assert written and all(p.exists() for p in written)
+        featurize(plan, data, cache_dir=tmp_path / "c", batch_size=4, progress=False, on_shard=stop_at_the_first_model_shard)
+    assert len(model_shards(written)) == 2 and all(p.exists() for p in written)
     resumed = featurize(plan, data, cache_dir=tmp_path / "c", batch_size=4, progress=False)
-    assert resumed.attrs["ethos"]["stats"]["computed_pairs"] == 6  # 10 pairs, the first batch of 4 kept
+    assert resumed.attrs["ethos"]["stats"]["computed_pairs"] == 2  # 10 pairs in batches of 4, 4, 2: two kept
     fresh = featurize(plan, data, cache_dir=tmp_path / "fresh", batch_size=4, progress=False)
     pd.testing.assert_frame_equal(resumed, fresh)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_ctrl_c_during_a_forward_writes_every_complete_batch(
+    tmp_path: Path, policy_dir: Path, tiny_model_dir: Path, tiny_sae_dir: Path, monkeypatch: pytest.MonkeyPatch, k: int
+) -> None:
+    """Ctrl-C while batch k+1's forward runs: batches 1..k (one on the host, waiting to be
+    written, one still in flight on the device) go to the cache in one shard, batch k+1 is lost,
+    and a rerun computes only the rest, giving exactly a fresh run's table."""
+    import ethos.runtime.featurize as fz
+    from ethos.runtime.model import Encoder
+
+    plan = make_plan(policy_dir, tiny_model_dir, tiny_sae_dir)  # two activation lenses
+    data = make_pairs(10)
+    batches: list[list[int]] = []
+    stop_at = [k + 1]
+    real_batches, real_encode = fz.length_batches, Encoder.encode_replies
+
+    def counted(*args, **kwargs):
+        for batch in real_batches(*args, **kwargs):
+            batches.append(batch)
+            yield batch
+
+    def encode_replies(self, items, **kwargs):
+        if len(batches) == stop_at[0]:  # the forward of batch k+1 (the probe direction's came before any)
+            raise KeyboardInterrupt
+        return real_encode(self, items, **kwargs)
+
+    monkeypatch.setattr(fz, "length_batches", counted)
+    monkeypatch.setattr(Encoder, "encode_replies", encode_replies)
+    written: list[Path] = []
+    with pytest.raises(KeyboardInterrupt):
+        featurize(plan, data, cache_dir=tmp_path / "c", batch_size=4, progress=False, on_shard=written.append)
+    assert len(model_shards(written)) == 1  # batches 1..k, written together when the run stopped
+    batches.clear()
+    stop_at[0] = -1  # no more interrupts
+    resumed = featurize(plan, data, cache_dir=tmp_path / "c", batch_size=4, progress=False)
+    assert resumed.attrs["ethos"]["stats"]["computed_pairs"] == 10 - 4 * k
+    fresh = featurize(plan, data, cache_dir=tmp_path / "fresh", batch_size=4, progress=False)
+    pd.testing.assert_frame_equal(resumed, fresh)
+
+
+def test_scores_are_written_together_until_flush_seconds(
+    tmp_path: Path, policy_dir: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Activation scores reach the cache in one shard per FLUSH_SECONDS (here: the whole run),
+    or one per batch when FLUSH_SECONDS is 0, with the same table either way."""
+    import ethos.runtime.featurize as fz
+
+    plan = make_plan(policy_dir, tiny_model_dir)
+    data = make_pairs(10)
+    tables, shards = [], []
+    for seconds in (3600.0, 0.0):
+        monkeypatch.setattr(fz, "FLUSH_SECONDS", seconds)
+        written: list[Path] = []
+        tables.append(featurize(plan, data, cache_dir=tmp_path / str(seconds), batch_size=4, progress=False,
+                                on_shard=written.append))
+        shards.append(len(model_shards(written)))
+    assert shards == [1, 3]  # 10 pairs in batches of 4, 4, 2
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_featurize_equals_scoring_each_pair_alone(
+    tmp_path: Path, policy_dir: Path, tiny_model_dir: Path, tiny_sae_dir: Path, share_prompt: bool
+) -> None:
+    """The pipelined, batched run gives each pair the scores it gets scored on its own through
+    the lenses' host API (no batch, no padding, no pipeline)."""
+    import math
+
+    from ethos.runtime.lenses import LensContext, build_lens
+    from ethos.runtime.model import model_runtime, tokenize_pair
+
+    plan = make_plan(policy_dir, tiny_model_dir, tiny_sae_dir)
+    data = make_pairs(11)
+    table = featurize(plan, data, cache_dir=tmp_path / "c", batch_size=4, progress=False, share_prompt=share_prompt)
+    runtime = model_runtime(tiny_model_dir, layer=0)
+    ctx = LensContext.for_plan(plan)
+    ctx.cache_dir, ctx.layer, ctx.runtime = tmp_path / "c", 0, runtime
+    ctx.model_fingerprint = runtime.fingerprint
+    for c in plan.concepts:
+        if c.name not in ("syc", "feat"):
+            continue
+        lens = build_lens(c, ctx)
+        lens.prepare(ctx)  # the probe direction the run cached
+        for i, p in enumerate(data.pairs):
+            item = tokenize_pair(runtime.tokenizer, p.prompt, [p.chosen, p.rejected])
+            alone = lens.score_activations(runtime.encoder.encode_batch([item], share_prompt=share_prompt)[0])
+            for j, side in enumerate(("chosen", "rejected")):
+                got = table.loc[i, f"{c.name}.{side}"]
+                assert math.isclose(got, alone[j][lens.report], rel_tol=1e-6, abs_tol=1e-6), (c.name, i, side)
 
 
 def test_shards_merge_to_exactly_the_single_run(tmp_path: Path, policy_dir: Path, tiny_model_dir: Path) -> None:

@@ -194,6 +194,43 @@ def test_features_lens_uses_the_sae_in_float32(tmp_path: Path, tiny_sae_dir: Pat
     assert got["max"] == pytest.approx(float(z.max(0).values.sum()), abs=1e-5)
 
 
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_pool_activations_on_a_batch_equals_scoring_its_replies(
+    tmp_path: Path, tiny_model_dir: Path, tiny_sae_dir: Path, share_prompt: bool
+) -> None:
+    """The device half of scoring: pooled from a batch as the forward left it (bf16, padded,
+    an empty reply among them), it equals score_activations on the per-reply tensors exactly,
+    columns mean and max, NaN for the empty reply."""
+    import math
+
+    from ethos.runtime.model import POOL_STATS, tokenize_pair
+
+    rt = model_runtime(tiny_model_dir, layer=0, dtype=torch.bfloat16)
+    ctx = LensContext(policy_dir=tmp_path, sae=str(tiny_sae_dir), model_fingerprint=rt.fingerprint, layer=0,
+                      runtime=rt, cache_dir=tmp_path / "c")
+    lenses = [build_lens(Concept(name="p", lens=ProbeLens(file=ref(probe_file(tmp_path))), origin="policy"), ctx),
+              build_lens(Concept(name="f", lens=FeaturesLens(latents=(1, 7)), origin="policy"), ctx)]
+    items = [tokenize_pair(rt.tokenizer, [{"role": "user", "content": q}], replies) for q, replies in (
+        ("Is it true?", ["You are so right, brilliant!", "No."]),
+        ("Hello", ["", "Hello, how are you today? I am fine."]),
+        ("Give me a list", ["- apples\n- pears", "Sorry, I cannot help with that."]))]
+    replies = rt.encoder.encode_replies(items, share_prompt=share_prompt)
+    per_reply = [a for pair in rt.encoder.encode_batch(items, share_prompt=share_prompt) for a in pair]
+    assert replies.hidden.dtype == torch.bfloat16 and replies.lengths[2] == 0
+    for lens in lenses:
+        lens.prepare(ctx)
+        pooled = lens.pool_activations(replies)
+        assert isinstance(pooled, torch.Tensor) and pooled.shape == (6, 2) and pooled.dtype == torch.float32
+        expected = lens.score_activations(per_reply)
+        for scores in ([dict(zip(POOL_STATS, row)) for row in pooled.tolist()], lens.score_activations(replies)):
+            assert len(scores) == len(expected) == 6
+            for got, want in zip(scores, expected):
+                assert all(got[s] == want[s] or math.isnan(got[s]) and math.isnan(want[s]) for s in POOL_STATS)
+        assert math.isnan(pooled[2, 0]) and math.isnan(pooled[2, 1])
+        assert not math.isnan(pooled[0, 0]) and not math.isnan(pooled[0, 1])
+        assert lens.pool_activations([]).shape == (0, 2) and lens.score_activations([]) == []
+
+
 def test_latent_out_of_range_names_the_policy_line(tiny_sae_dir: Path) -> None:
     span = Span(file="specs/x.ethos", line=7, column=28, end_line=7, end_column=40)
     concept = Concept(name="f", lens=FeaturesLens(latents=(3, 5000)), origin="policy", span=span)

@@ -145,6 +145,36 @@ def test_shared_prompt_reuse_equals_the_plain_forward(tiny) -> None:
             torch.testing.assert_close(s, p, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_reply_activations_are_the_replies_of_the_layer_output(tiny_model_dir: Path, share_prompt: bool) -> None:
+    """encode_replies leaves the layer's output (bf16 here) as it is and says where each reply
+    is; tokens() gathers exactly the per-reply slices, widened to float32, and encode_batch views
+    them per item (an empty reply included)."""
+    model, tok, _ = load_model(tiny_model_dir, dtype=torch.bfloat16)
+    enc = Encoder(model, 0, pad_id=tok.pad_token_id)
+    items = [tokenize_pair(tok, p, r) for p, r in zip(PROMPTS, REPLIES)]
+    items.append(tokenize_pair(tok, PROMPTS[0], ["", "Fine."]))
+    got = enc.encode_replies(items, share_prompt=share_prompt)
+    assert got.hidden.dtype == torch.bfloat16 and got.per_item == (2, 2, 2, 2)
+    offset = [0 if share_prompt else len(it.prompt) for it in items]
+    assert got.spans == tuple((2 * i + j, offset[i] + a, offset[i] + b)
+                              for i, it in enumerate(items) for j, (a, b) in enumerate(it.spans))
+    slices = [got.hidden[row, a:b].float() for row, a, b in got.spans]
+    assert got.lengths == [s.shape[0] for s in slices] and got.lengths[6] == 0
+    tokens = got.tokens()
+    assert tokens.dtype == torch.float32 and torch.equal(tokens, torch.cat(slices))
+    assert got.tokens() is tokens  # gathered once, shared by the lenses of a batch
+    batch = enc.encode_batch(items, share_prompt=share_prompt)
+    assert [len(pair) for pair in batch] == [2, 2, 2, 2]
+    for a, b in zip([a for pair in batch for a in pair], slices):
+        assert torch.equal(a, b)
+    if not share_prompt:  # the rows are prompt + reply: the spans point at the reply's own tokens
+        ids, _ = enc.pad([list(it.prompt) + list(c) for it in items for c in it.continuations])
+        for (row, a, b), (i, j) in zip(got.spans, [(i, j) for i in range(4) for j in range(2)]):
+            s, e = items[i].spans[j]
+            assert ids[row, a:b].tolist() == list(items[i].continuations[j][s:e])
+
+
 def test_long_sequences_are_cut_to_max_tokens(tiny) -> None:
     _, tok, _ = tiny
     prompt = [{"role": "user", "content": "hello " * 200}]
