@@ -181,9 +181,11 @@ def train(source: str | Path | Applied, out: str | Path, settings: TrainSettings
     (:mod:`ethos.runtime.training`). Writes ``out/adapter`` (or ``out/model``), ``out/plan.json``,
     ``out/log.jsonl`` and, last, ``out/train.json``. Raises ``EthosError``."""
     from .apply import read_folder
+    from .distributed import open_group
 
     out = Path(out)
-    check_output_dir(out)
+    group = open_group()  # under torchrun/accelerate launch: the ranks; else a group of one
+    group.share(lambda: check_output_dir(out))
     applied = None
     if isinstance(source, Applied):
         applied = source
@@ -196,6 +198,19 @@ def train(source: str | Path | Applied, out: str | Path, settings: TrainSettings
             return run_training(plan, config, table, src, out, settings)
         if not src.is_file():
             raise PlanError(f"{src}: no such policy file or apply folder")
+        if group.world_size > 1:
+            # rank 0 alone applies the policy (featurizes, writes out/apply/) and hands the plan,
+            # config and shaped table to the others: no two ranks featurize or write the same files
+            kept: dict[str, Applied] = {}
+
+            def apply() -> tuple[Any, Any, Any, Path]:
+                a = kept["applied"] = apply_to(src, out / "apply", data or DataSettings(), progress=settings.progress)
+                return a.plan, a.config, a.dataset, a.out
+
+            plan, config, table, apply_dir = group.share(apply)
+            trained = run_training(plan, config, table, apply_dir, out, settings)
+            trained.applied = kept.get("applied")  # rank 0's
+            return trained
         applied = apply_to(src, out / "apply", data or DataSettings(), progress=settings.progress)
     trained = run_training(applied.plan, applied.config, applied.dataset, applied.out, out, settings)
     trained.applied = applied

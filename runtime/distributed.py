@@ -20,6 +20,15 @@ one process writes.
   ranks whose parts are missing. Other ranks return as soon as their part is written.
 
 The launcher kills every rank when one fails, so a failed rank never leaves rank 0 waiting.
+
+**Training** (``ethos train`` under a launcher, :func:`open_group`) needs more than files: trl's
+trainer runs data-parallel (DDP) over a process group, and ethos joins the same group. Besides it
+ethos opens a small gloo group of its own, for its control messages, with a long timeout
+(``$ETHOS_GATHER_TIMEOUT``, default 6 hours: rank 0 may apply a policy or compute probe directions
+while the others wait). Through it :meth:`Group.share` runs a step on rank 0 only — applying the
+policy, computing the concept directions, deciding what to resume, writing the outputs — and hands
+its result, or its failure, to every rank; :meth:`Group.main_first` lets rank 0 fill a cache
+before the others read it; :meth:`Group.barrier` waits for every rank.
 """
 
 from __future__ import annotations
@@ -28,13 +37,15 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import EthosError, UsageError
 from .io import atomic_write_text
+
+T = TypeVar("T")
 
 DEFAULT_GATHER_TIMEOUT_S = 6 * 3600.0
 _SIGNED = ("num_shards", "total_pairs", "data_fingerprint", "model_fingerprint", "layer")
@@ -227,3 +238,148 @@ def finish_rank(table: Any, out: str | os.PathLike[str], launch: Launch, *,
     except OSError:
         pass  # something else is in there (a later run's part): leave it
     return merged
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: a process group
+
+
+class Group:
+    """This process's place in a training launch, joined to the other ranks by a process group; a
+    plain process (``launch`` None) is a group of one, where every method just runs its step.
+
+    Every rank must call the same methods in the same order (they are collectives)."""
+
+    def __init__(self, launch: Launch | None, control: Any = None) -> None:
+        self.launch = launch
+        self._control = control  # ethos's gloo group (None: a plain process)
+
+    @property
+    def rank(self) -> int:
+        return self.launch.rank if self.launch else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.launch.world_size if self.launch else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _broadcast(self, value: Any = None) -> Any:
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self._control)
+        return box[0]
+
+    def _from_main(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
+        """Rank 0: run ``fn``; then every rank learns whether it succeeded (and its result). On
+        rank 0 a failure is raised again after telling the others; on another rank it becomes an
+        :class:`EthosError` naming rank 0's failure, with its exit code."""
+        if self.is_main:
+            try:
+                value = fn()
+            except Exception as e:  # (Ctrl-C: the launcher stops every rank)
+                code = e.exit_code if isinstance(e, EthosError) else 1
+                message = str(e) if isinstance(e, EthosError) else f"{type(e).__name__}: {e}"
+                self._broadcast(("failed", message.splitlines()[0] if message else type(e).__name__, code))
+                raise
+            self._broadcast(("ok", value, 0))
+            return True, value
+        status, value, code = self._broadcast()
+        if status != "ok":
+            raise EthosError(f"rank 0 of {self.world_size} failed ({value}); rank {self.rank} stopped",
+                             exit_code=code or 1)
+        return True, value
+
+    def share(self, fn: Callable[[], T]) -> T:
+        """Rank 0 runs ``fn`` and every rank returns its result (pickled; keep it small and on the
+        CPU). When ``fn`` fails on rank 0, rank 0 raises it and every other rank raises an
+        :class:`EthosError` that names it, with the same exit code."""
+        if self._control is None:
+            return fn()
+        return self._from_main(fn)[1]  # type: ignore[return-value]
+
+    def main_first(self, fn: Callable[[], T]) -> T:
+        """Rank 0 runs ``fn`` first (e.g. loading a model that is converted into a cache on first
+        use), then, once it succeeded, every other rank runs ``fn`` itself."""
+        if self._control is None:
+            return fn()
+        if self.is_main:
+            return self._from_main(fn)[1]  # type: ignore[return-value]
+        self._from_main(lambda: None)
+        return fn()
+
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
+        if self._control is not None:
+            import torch.distributed as dist
+
+            dist.barrier(group=self._control)
+
+
+_GROUP: Group | None = None
+_OPENED_DEFAULT = False
+
+
+def open_group(launch: Launch | None = None, environ: Mapping[str, str] | None = None) -> Group:
+    """The training group of this process: a group of one for a plain process; under a launcher
+    (``RANK``/``WORLD_SIZE``) the process group trl's trainer trains over — opened here through
+    accelerate's ``PartialState``, exactly as transformers opens it (NCCL on GPUs, gloo on the
+    CPU), unless it is open already — plus ethos's gloo group for its control messages, which
+    waits up to ``$ETHOS_GATHER_TIMEOUT`` seconds (default 6 hours). Opened once per process.
+    Data-parallel only: an FSDP or DeepSpeed launch (accelerate's ``ACCELERATE_USE_FSDP`` /
+    ``ACCELERATE_USE_DEEPSPEED``) is a usage error."""
+    global _GROUP, _OPENED_DEFAULT
+    launch = launch if launch is not None else launch_from_env(environ)
+    if launch is None:
+        return Group(None)
+    import datetime
+
+    import torch.distributed as dist
+
+    if _GROUP is not None and _GROUP.launch == launch and dist.is_initialized():
+        return _GROUP
+    env = os.environ if environ is None else environ
+    for var, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if env.get(var, "").strip().lower() in ("1", "true", "yes"):
+            raise UsageError(f"{what} ({var}) is not supported by ethos train: it trains data-parallel (DDP), every "
+                             "process holding the whole model, and rank 0 saves the weights it holds; launch "
+                             "without an FSDP/DeepSpeed accelerate config")
+    timeout = _timeout_from_env()
+    if not dist.is_available():
+        raise EthosError(f"WORLD_SIZE={launch.world_size}: this torch has no torch.distributed")
+    if not dist.is_initialized():
+        from accelerate import PartialState
+        from transformers import TrainingArguments
+
+        from .device import default_device
+
+        if default_device().type == "cpu":
+            PartialState(cpu=True)
+        else:  # with transformers' timeout for the trainer's collectives (TrainingArguments.ddp_timeout)
+            ddp_timeout = TrainingArguments.__dataclass_fields__["ddp_timeout"].default
+            PartialState(timeout=datetime.timedelta(seconds=ddp_timeout))
+        _OPENED_DEFAULT = True
+    if (dist.get_rank(), dist.get_world_size()) != (launch.rank, launch.world_size):
+        raise EthosError(f"the process group has rank {dist.get_rank()} of {dist.get_world_size()}, the launcher "
+                         f"said RANK={launch.rank} of WORLD_SIZE={launch.world_size}")
+    control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout))
+    _GROUP = Group(launch, control)
+    return _GROUP
+
+
+def close_group() -> None:
+    """Close what :func:`open_group` opened (the command line calls it before exiting)."""
+    global _GROUP, _OPENED_DEFAULT
+    if _GROUP is None:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if _GROUP._control is not None:
+            dist.destroy_process_group(_GROUP._control)
+        if _OPENED_DEFAULT:
+            dist.destroy_process_group()
+    _GROUP, _OPENED_DEFAULT = None, False

@@ -94,12 +94,10 @@ class ShapedRewardTrainer(PairColumns, ActivationHooks, RewardTrainer):
         n = per_pair.shape[0]
         w = weight.to(per_pair) if weight is not None else torch.ones(n, dtype=per_pair.dtype, device=per_pair.device)
         loss = (w * per_pair).mean()
-        m = self._metrics[mode]
-        m["ethos/reward_loss"].append(float(per_pair.detach().mean()))
-        m["ethos/weighted_loss"].append(float(loss.detach()))
-        m["ethos/weight_mean"].append(float(w.mean()))
-        m["ethos/margin_offset_mean"].append(float(offset.mean()) if offset is not None else 0.0)
-        self._log_rule_metrics(m)
+        self._append_metrics(self._metrics[mode], {
+            "ethos/reward_loss": per_pair.detach().mean(), "ethos/weighted_loss": loss.detach(),
+            "ethos/weight_mean": w.mean(), "ethos/margin_offset_mean": offset.mean() if offset is not None else 0.0,
+            **self._rule_metrics()})
         return (loss, outputs) if return_outputs else loss
 
 
@@ -112,7 +110,7 @@ def reward_config(settings: TrainSettings, output_dir: Path) -> RewardConfig:
     longer than that, which undoes the plan's weights (they balance the concepts over all pairs);
     ethos truncates them instead (:func:`tokenized`), as DPO's collator does."""
     s = settings.resolved()
-    return RewardConfig(**{**trainer_args(s, output_dir), "max_length": None}, disable_dropout=True, **dict(s.extra))
+    return RewardConfig(**{**trainer_args(s, output_dir), **dict(s.extra), "max_length": None}, disable_dropout=True)
 
 
 def tokenized(dataset: Any, tokenizer: Any, max_length: int | None) -> tuple[Any, int]:

@@ -270,11 +270,32 @@ class ActivationHooks:
             self._resid = h
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
-    def _log_rule_metrics(self, m: Mapping[str, list]) -> None:
-        if self._has_ablation and self._removed:
-            m["ethos/ablation_norm_removed"].append(float(torch.stack(self._removed).mean()))
+    def _rule_metrics(self) -> dict[str, Any]:
+        """The step's metrics of the activation rules. The keys depend only on the rules and on
+        whether a training step is running (the same on every rank of a launch): an armed step
+        in which the ablation hook never fired logs NaN."""
+        out: dict[str, Any] = {}
+        if self._has_ablation and (self._armed or self._removed):
+            out["ethos/ablation_norm_removed"] = torch.stack(self._removed).mean() if self._removed else math.nan
         if self._steer_norm is not None:
-            m["ethos/steering_norm"].append(self._steer_norm)
+            out["ethos/steering_norm"] = self._steer_norm
+        return out
+
+    def _append_metrics(self, m: Mapping[str, list], values: Mapping[str, Any]) -> None:
+        """Append ``values`` (tensors or numbers) to the step's metrics ``m`` — under a launcher
+        averaged over the processes, as trl does with its own metrics (one all-gather; every rank
+        passes the same keys) — crossing to the host once."""
+        from .device import to_list
+
+        if not values:
+            return
+        device = module_device(self.model)
+        t = torch.stack([torch.as_tensor(v).detach().to(device=device, dtype=torch.float32).reshape(())
+                         for v in values.values()])
+        if getattr(self.accelerator, "num_processes", 1) > 1:
+            t = self.accelerator.gather(t[None]).mean(dim=0)
+        for k, v in zip(values, to_list(t)):
+            m[k].append(float(v))
 
     def remove_hooks(self) -> None:
         for h in self._handles:
@@ -390,11 +411,8 @@ class ShapedDPOTrainer(PairColumns, ActivationHooks, DPOTrainer):
         o = offset.to(h) if offset is not None else torch.zeros(n, dtype=h.dtype, device=h.device)
         plain = L.per_pair(info, h, simpo_gamma=self.simpo_gamma, **kw) if info.name == "simpo" else trl_plain
         loss = (w * L.per_pair(info, h + o, simpo_gamma=self.simpo_gamma, **kw)).mean()
-        m = self._metrics[mode]
-        m["ethos/dpo_loss"].append(float(plain.detach().mean()))
-        m["ethos/weighted_loss"].append(float(loss.detach()))
-        m["ethos/weight_mean"].append(float(w.mean()))
-        m["ethos/margin_offset_mean"].append(float(o.mean()))
+        metrics: dict[str, Any] = {"ethos/dpo_loss": plain.detach().mean(), "ethos/weighted_loss": loss.detach(),
+                                   "ethos/weight_mean": w.mean(), "ethos/margin_offset_mean": o.mean()}
         if penalties and self._resid is not None:
             resid = self._resid[:n]  # the chosen rows come first
             mask = completion[:n].to(resid.dtype)
@@ -405,11 +423,11 @@ class ShapedDPOTrainer(PairColumns, ActivationHooks, DPOTrainer):
                 pooled = (proj * mask).sum(dim=1) / tokens
                 term = (1.0 - r.factor) * r.amount * pooled.mean()
                 total = total + term
-                m[f"ethos/penalty_projection/{r.concept}"].append(float(pooled.mean().detach()))
+                metrics[f"ethos/penalty_projection/{r.concept}"] = pooled.mean().detach()
             loss = loss + total
-            m["ethos/penalty"].append(float(total.detach()) if torch.is_tensor(total) else float(total))
+            metrics["ethos/penalty"] = total.detach() if torch.is_tensor(total) else total
         self._resid = None
-        self._log_rule_metrics(m)
+        self._append_metrics(self._metrics[mode], {**metrics, **self._rule_metrics()})
         return (loss, outputs) if return_outputs else loss
 
 
@@ -453,6 +471,9 @@ def trainer_args(settings: TrainSettings, output_dir: Path) -> dict[str, Any]:
         warmup_steps=0,
         dataset_num_proc=None,
         use_cpu=default_device().type == "cpu",
+        # under a launcher (DDP): every trainable parameter takes part in every step (LoRA on
+        # q/k/v/o, or the whole model), so DDP need not search the graph for unused ones
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -460,9 +481,8 @@ def dpo_config(settings: TrainSettings, output_dir: Path) -> DPOConfig:
     """trl's DPOConfig for ``settings`` (unset settings take their defaults)."""
     s = settings.resolved()
     info = L.check_loss(s.loss, label_smoothing=s.label_smoothing)
-    return DPOConfig(**trainer_args(s, output_dir), beta=s.beta, loss_type=[info.trl_type],
-                     label_smoothing=s.label_smoothing, precompute_ref_log_probs=info.reference_free,
-                     **dict(s.extra))
+    return DPOConfig(**{**trainer_args(s, output_dir), **dict(s.extra)}, beta=s.beta, loss_type=[info.trl_type],
+                     label_smoothing=s.label_smoothing, precompute_ref_log_probs=info.reference_free)
 
 
 def lora_config(r: int = 16, task_type: str = "CAUSAL_LM"):
@@ -474,9 +494,10 @@ def lora_config(r: int = 16, task_type: str = "CAUSAL_LM"):
 
 class JsonlLog:
     """A ``TrainerCallback`` writing every ``log`` call (trl's metrics and ethos's named terms) as
-    one JSON line. ``keep_until``: a resumed run keeps the lines of steps up to its checkpoint."""
+    one JSON line. ``keep_until``: a resumed run keeps the lines of steps up to its checkpoint.
+    ``write`` False (the ranks but 0 of a launch): the rows are kept in memory only."""
 
-    def __new__(cls, path: Path, keep_until: int | None = None):
+    def __new__(cls, path: Path, keep_until: int | None = None, *, write: bool = True):
         from transformers import TrainerCallback
 
         from .io import atomic_write_text
@@ -484,7 +505,10 @@ class JsonlLog:
         class _Cb(TrainerCallback):
             def __init__(self) -> None:
                 self.path = path
+                self.write = write
                 self.rows: list[dict[str, Any]] = []
+                if not write:
+                    return
                 if keep_until is not None and path.is_file():
                     for line in path.read_text(encoding="utf-8").splitlines():
                         try:
@@ -499,6 +523,8 @@ class JsonlLog:
             def on_log(self, args, state, control, logs=None, **kw):
                 row = {"step": state.global_step, "time": round(time.time(), 3), **(logs or {})}
                 self.rows.append(row)
+                if not self.write:
+                    return
                 with self.path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row, default=float) + "\n")
 

@@ -21,6 +21,15 @@ from the newest complete checkpoint of the same run (``resume=None``, the defaul
 same weights and losses as an uninterrupted run; checkpoints of a different run are an error
 (``resume=False`` starts over, discarding them; ``resume=True`` requires a checkpoint). After a
 complete run the checkpoints are removed.
+
+**Under a launcher** (``torchrun --nproc_per_node N`` or ``accelerate launch``) every rank runs
+:func:`run_training` and trl's trainer trains data-parallel (DDP; ``--batch-size`` pairs per
+process and step: an effective batch of batch size × gradient accumulation × processes, which
+train.json records with ``world_size``). Rank 0 alone loads the model first (filling any model
+cache), computes the concept directions and hands them to the others, decides what to resume,
+marks checkpoints and writes every output (log.jsonl, the weights, plan.json, train.json); the
+other ranks return only once it has (:mod:`ethos.runtime.distributed`). A checkpoint of a run
+with another number of processes is a different run.
 """
 
 from __future__ import annotations
@@ -130,14 +139,19 @@ def _resume_point(folder: Path, key: str, resume: bool | None) -> tuple[int, Pat
     return None
 
 
-def _checkpoint_marker():
-    """A callback marking each checkpoint complete once transformers has written all of it."""
+def _checkpoint_marker(group: Any = None):
+    """A callback marking each checkpoint complete once transformers has written all of it (under
+    a launcher: once every rank has written its part — its RNG state — and by rank 0 only)."""
     from transformers import TrainerCallback
 
     from .io import atomic_write_text
 
     class _Mark(TrainerCallback):
         def on_save(self, args, state, control, **kw):
+            if group is not None:
+                group.barrier()
+                if not group.is_main:
+                    return
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 atomic_write_text(folder / MARK_FILE, json.dumps({"step": state.global_step}) + "\n")
@@ -164,8 +178,9 @@ def _progress_callback(bar: Any):
 
 
 def run_key(plan: Plan, dataset: Any, fingerprint: str, layer: int, rules: list[Any], settings: TrainSettings,
-            name: str) -> str:
-    """The identity of a run: what must match for a checkpoint to be resumed."""
+            name: str, world_size: int = 1) -> str:
+    """The identity of a run: what must match for a checkpoint to be resumed (the number of
+    processes of a launch too: it changes the batches)."""
     import numpy as np
 
     from .device import to_numpy
@@ -174,6 +189,8 @@ def run_key(plan: Plan, dataset: Any, fingerprint: str, layer: int, rules: list[
     s = settings.record(len(dataset))
     s.update(bf16=settings.bf16, grad_accum=settings.grad_accum, shaping=settings.shaping,
              gradient_checkpointing=settings.gradient_checkpointing, extra=dict(settings.extra))
+    if world_size > 1:  # (a plain process keeps the key it always had)
+        s["world_size"] = world_size
     for part in (dump_plan(plan), fingerprint, name, str(layer), json.dumps(s, sort_keys=True, default=str),
                  json.dumps(dataset.to_list(), sort_keys=True, default=str)):
         h.update(part.encode("utf-8"))
@@ -190,28 +207,42 @@ def run_key(plan: Plan, dataset: Any, fingerprint: str, layer: int, rules: list[
 
 def run_training(plan: Plan, config: dict[str, Any], table: Any, apply_dir: Path, out: Path,
                  settings: TrainSettings) -> Trained:
+    """Train under ``plan`` on ``table`` into ``out`` (see the module's docstring). Under a launcher
+    (``torchrun``/``accelerate launch``: :func:`ethos.runtime.distributed.open_group`) every rank
+    calls it with the same arguments; the ranks train data-parallel and rank 0 alone computes the
+    concept directions, decides what to resume and writes ``out`` — the others return its record
+    once everything is written."""
     import torch
     from transformers import set_seed
 
     from . import losses
     from . import trainer as T
+    from .device import module_device
+    from .distributed import open_group
     from .io import atomic_write_text
     from .model import check_layer, load_model, say
     from .progress import stage
 
+    group = open_group()  # a group of one for a plain process
+    main = group.is_main
     s = settings.resolved(config.get("defaults"))
     if not s.reward_model:
         losses.check_loss(s.loss, label_smoothing=s.label_smoothing)
     name = s.model or config.get("model") or plan.model.name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.json").unlink(missing_ok=True)  # the completion mark goes first, is written last
+
+    def start_folder() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train.json").unlink(missing_ok=True)  # the completion mark goes first, is written last
+
+    group.share(start_folder)
     set_seed(s.seed)
     if s.reward_model:
         from . import reward as R
 
-        model, tokenizer, fingerprint = R.load_reward_model(name, dtype=torch.float32, zero_head=True)
+        load = lambda: R.load_reward_model(name, dtype=torch.float32, zero_head=True)  # noqa: E731
     else:
-        model, tokenizer, fingerprint = load_model(name, dtype=torch.float32)
+        load = lambda: load_model(name, dtype=torch.float32)  # noqa: E731
+    model, tokenizer, fingerprint = group.main_first(load)  # rank 0 fills any model cache first
     layer = check_layer(model.config, config.get("layer") if config.get("layer") is not None else plan.model.layer)
     dataset = T.dataset_from_table(table, limit=s.rows)
     if not s.shaping:
@@ -219,17 +250,20 @@ def run_training(plan: Plan, config: dict[str, Any], table: Any, apply_dir: Path
     rules: list[Any] = []
     needed = T.rule_concepts(plan) if s.shaping else []
     if needed:
-        directions = T.concept_directions(plan, model, tokenizer, layer, concepts=needed, fingerprint=fingerprint,
-                                          model_name=name)
-        rules = T.rules_from_plan(plan, directions)
+        # rank 0 computes them (a probe may write its cache); every rank trains with the same ones
+        directions = group.share(lambda: {k: v.detach().cpu() for k, v in T.concept_directions(
+            plan, model, tokenizer, layer, concepts=needed, fingerprint=fingerprint, model_name=name).items()})
+        device = module_device(model)
+        rules = T.rules_from_plan(plan, {k: v.to(device) for k, v in directions.items()})
 
     checkpoints = out / CHECKPOINTS
-    start = _resume_point(checkpoints, run_key(plan, dataset, fingerprint, layer, rules, s, name), s.resume)
-    if start is not None:
+    key = run_key(plan, dataset, fingerprint, layer, rules, s, name, world_size=group.world_size)
+    start = group.share(lambda: _resume_point(checkpoints, key, s.resume))
+    if start is not None and main:
         say(f"resuming from step {start[0]} ({start[1]})")
     set_seed(s.seed)  # the same state whether or not directions were computed above
-    log = T.JsonlLog(out / "log.jsonl", keep_until=start[0] if start else None)
-    callbacks = [log, _checkpoint_marker()]
+    log = T.JsonlLog(out / "log.jsonl", keep_until=start[0] if start else None, write=main)
+    callbacks = [log, _checkpoint_marker(group)]
     if s.reward_model:
         trainer = R.build_reward_trainer(model, tokenizer, dataset, s, out=checkpoints, layer=layer, rules=rules,
                                          callbacks=callbacks)
@@ -240,43 +274,52 @@ def run_training(plan: Plan, config: dict[str, Any], table: Any, apply_dir: Path
     if rows_trained == 0:
         raise T.TrainerError(f"no pair fits in --max-length {s.max_length} tokens")
     cut = getattr(trainer, "pairs_cut", None)
-    if cut:
+    if cut and main:
         say(f"{cut} of {rows_trained} pairs are longer than --max-length {s.max_length} tokens: trained on their "
             f"first {s.max_length} tokens")
     t0 = time.perf_counter()
-    with stage("train", total=s.steps, unit="steps", enabled=s.progress) as bar:
+    with stage("train", total=s.steps, unit="steps", enabled=s.progress and main) as bar:
         trainer.add_callback(_progress_callback(bar))
         trainer.train(resume_from_checkpoint=str(start[1]) if start else None)
     seconds = time.perf_counter() - t0
     trainer.remove_hooks()
-    steps_logged = [r for r in log.rows if "loss" in r]
-    if not steps_logged or not all(T.finite(r["loss"]) for r in steps_logged):
-        raise T.TrainerError("training produced a non-finite loss")
     weights_dir = out / ("adapter" if s.lora else "model")
-    if s.save:
-        trainer.model.save_pretrained(weights_dir)
-        tokenizer.save_pretrained(weights_dir)
-    record = {
-        **config,
-        "format": TRAIN_RECORD_FORMAT,
-        "kind": TRAIN_RECORD_KIND,
-        "objective": "reward_model" if s.reward_model else "dpo",
-        "base_model": name,
-        "base_fingerprint": fingerprint,
-        "layer": layer,
-        "weights": weights_dir.name if s.save else None,
-        "apply_dir": str(apply_dir),
-        "shaping": s.shaping,
-        "rules": [{"protocol": r.protocol, "concept": r.concept, "factor": r.factor, "amount": r.amount,
-                   "directions": int(r.directions.shape[0])} for r in rules],
-        "settings": s.record(len(dataset)),
-        "result": {"training_loss": sum(float(r["loss"]) for r in steps_logged) / len(steps_logged),
-                   "seconds": seconds, "seconds_per_step": seconds / max(1, s.steps), "last": steps_logged[-1],
-                   "rows_trained": rows_trained, "resumed_from": start[0] if start else None,
-                   **({"pairs_cut": cut} if cut is not None else {})},
-    }
-    atomic_write_text(out / "plan.json", dump_plan(plan))
-    text = json.dumps(record, indent=2, default=float)
-    atomic_write_text(out / "train.json", text + "\n")  # last: the run is complete
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return Trained(out, json.loads(text), trainer.model, tokenizer)
+    settings_record = {**s.record(len(dataset)), "world_size": group.world_size,
+                       "effective_batch_size": s.batch_size * s.grad_accum * group.world_size}
+
+    def finish() -> dict[str, Any]:
+        """Rank 0: the weights, plan.json and, last, train.json; the record every rank returns."""
+        steps_logged = [r for r in log.rows if "loss" in r]
+        if not steps_logged or not all(T.finite(r["loss"]) for r in steps_logged):
+            raise T.TrainerError("training produced a non-finite loss")
+        if s.save:
+            trainer.model.save_pretrained(weights_dir)
+            tokenizer.save_pretrained(weights_dir)
+        record = {
+            **config,
+            "format": TRAIN_RECORD_FORMAT,
+            "kind": TRAIN_RECORD_KIND,
+            "objective": "reward_model" if s.reward_model else "dpo",
+            "base_model": name,
+            "base_fingerprint": fingerprint,
+            "layer": layer,
+            "weights": weights_dir.name if s.save else None,
+            "apply_dir": str(apply_dir),
+            "shaping": s.shaping,
+            "rules": [{"protocol": r.protocol, "concept": r.concept, "factor": r.factor, "amount": r.amount,
+                       "directions": int(r.directions.shape[0])} for r in rules],
+            "settings": settings_record,
+            "result": {"training_loss": sum(float(r["loss"]) for r in steps_logged) / len(steps_logged),
+                       "seconds": seconds, "seconds_per_step": seconds / max(1, s.steps), "last": steps_logged[-1],
+                       "rows_trained": rows_trained, "resumed_from": start[0] if start else None,
+                       **({"pairs_cut": cut} if cut is not None else {})},
+        }
+        atomic_write_text(out / "plan.json", dump_plan(plan))
+        text = json.dumps(record, indent=2, default=float)
+        atomic_write_text(out / "train.json", text + "\n")  # last: the run is complete
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        return json.loads(text)
+
+    # the other ranks wait here until rank 0 has written everything: every rank's exit means done
+    record = group.share(finish)
+    return Trained(out, record, trainer.model, tokenizer)

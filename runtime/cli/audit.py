@@ -4,6 +4,9 @@ Parses the arguments, compiles the policy (or a plan for library concepts), call
 :func:`ethos.runtime.audit.audit_dataset`, writes audit.json, audit.md, audit.html (and with
 ``--emit-policy`` the draft policy of :mod:`ethos.runtime.draft`) and prints the summary or the
 JSON. Exit codes: 0 ok, 1 an error (bad policy, data, model, SAE), 2 usage, 130 interrupted.
+
+Under ``accelerate launch``/``torchrun`` the audit (``--discover`` included) runs on rank 0 only,
+which writes the outputs; every other rank checks the arguments, says so on stderr and exits 0.
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ def run_audit(args: argparse.Namespace) -> int:
         raise UsageError("--validate must be a fraction between 0 and 1 (e.g. 0.3)")
     if args.topics is not None and args.topics < 2:
         raise UsageError("--topics must be at least 2 (the number of topics to split the prompts into)")
+    from ethos.runtime.distributed import launch_from_env
+
+    launch = launch_from_env()
+    if launch is not None and not launch.is_main:  # no two ranks score the same pairs or write the same files
+        print(f"ethos audit: rank {launch.rank} of {launch.world_size}: the audit runs on rank 0 only; nothing to do "
+              "here", file=sys.stderr)
+        return EXIT_OK
     if args.policy:
         result = compile_file(args.policy)
     else:

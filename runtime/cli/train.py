@@ -3,6 +3,11 @@
 Given a policy it plans and applies it first (the outputs of ``ethos apply`` go to
 ``OUT/apply/``) and trains on the result; given an apply folder it trains on that. Exit codes: 0
 ok, 1 a failed run or bad input, 2 bad arguments.
+
+Under ``torchrun``/``accelerate launch`` every process runs this command: rank 0 alone applies a
+policy and hands the shaped data to the others, the ranks train data-parallel, rank 0 writes
+every output and prints the result; each rank exits once the outputs are complete, 0 on success
+(:mod:`ethos.runtime.training`, :mod:`ethos.runtime.distributed`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ def register(subparsers: Any) -> None:
                     "policy, it plans and applies it first (outputs in OUT/apply/). LoRA (r=16, q/k/v/o) by "
                     "default. Saves a checkpoint every --save-steps steps in OUT/checkpoints and resumes from it "
                     "when the same command is run again. Writes OUT/adapter (or OUT/model), OUT/plan.json, "
-                    "OUT/log.jsonl and, last, OUT/train.json.")
+                    "OUT/log.jsonl and, last, OUT/train.json. Under torchrun or accelerate launch the processes "
+                    "train data-parallel (--batch-size pairs each) and rank 0 writes the outputs.")
     s.add_argument("source", metavar="POLICY|APPLY_DIR")
     s.add_argument("--data", metavar="PATH", help="preference data for a policy (default: the embedded sample)")
     s.add_argument("--limit", type=int, metavar="N", help="the first N input rows (policy) or training rows (folder)")
@@ -45,7 +51,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--steps", type=int, metavar="N", help="optimizer steps (default 100)")
     s.add_argument("--lr", type=float, metavar="X", help="learning rate (default: train.json's, 2e-4)")
     s.add_argument("--beta", type=float, metavar="B", help="DPO beta (default: train.json's, 0.1)")
-    s.add_argument("--batch-size", type=int, metavar="B", help="pairs per step (default 4)")
+    s.add_argument("--batch-size", type=int, metavar="B", help="pairs per step and process (default 4)")
     s.add_argument("--max-length", type=int, metavar="L", help="tokens per sequence (default: train.json's, 256)")
     s.add_argument("--lora-r", type=int, metavar="R", help="LoRA rank (default: train.json's, 16)")
     s.add_argument("--seed", type=int, help="seed of the data order and the initialisation (default 0)")
@@ -121,8 +127,11 @@ def run_train(args: Any) -> int:
         settings = dataclasses.replace(settings, rows=args.limit)
     else:
         data = DataSettings(path=args.data, limit=args.limit, seed=settings.seed)
+    from ethos.runtime.distributed import close_group, open_group
+
     try:
-        trained = api.train(src, args.out, settings, data=data)
+        group = open_group()  # under a launcher: the process group DDP trains over; else a group of one
+        trained = api.train(src, args.out, settings, data=data)  # under a launcher rank 0 alone applies
     except EthosError:
         raise
     except KeyboardInterrupt:
@@ -133,7 +142,12 @@ def run_train(args: Any) -> int:
         if os.environ.get("ETHOS_DEBUG"):
             raise
         raise EthosError(f"{type(e).__name__}: {e}") from e
+    finally:
+        close_group()
+    if not group.is_main:
+        return 0  # rank 0 prints the result
     if trained.applied is not None:
         print(trained.applied.summary_line())
     print(trained.summary_line())
     return 0
+

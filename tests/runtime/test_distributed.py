@@ -1,8 +1,9 @@
 """Scale-out (:mod:`ethos.runtime.distributed`): ranks from the launcher's environment, each rank's
 block of pairs written as a part with a completion marker, rank 0 gathering the parts into the
 table one process writes — checked row for row against a single process, with two real processes
-and under ``accelerate launch``. The concept is ``verbosity`` (metric ``length``: the tiny model's
-tokenizer, no forward pass)."""
+and under ``accelerate launch``; and ``ethos audit`` under ``torchrun`` running on rank 0 only.
+The concept is ``verbosity`` (metric ``length``: the tiny model's tokenizer, no forward pass).
+(``ethos train`` under a launcher: tests/runtime/test_train_distributed.py.)"""
 
 from __future__ import annotations
 
@@ -51,6 +52,22 @@ def test_ranks_come_from_the_launcher_environment() -> None:
         with pytest.raises(UsageError, match=message) as e:
             launch_from_env(env)
         assert e.value.exit_code == 2
+
+
+def test_training_group_of_a_plain_process_and_what_a_launch_refuses() -> None:
+    from ethos.runtime.distributed import open_group
+
+    solo = open_group(environ={})
+    assert (solo.rank, solo.world_size, solo.is_main) == (0, 1, True)
+    assert solo.share(lambda: 7) == 7 and solo.main_first(lambda: 8) == 8
+    solo.barrier()
+    for var, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        with pytest.raises(UsageError, match=f"{what} \\({var}\\) is not supported by ethos train: it trains "
+                                             "data-parallel"):
+            open_group(environ={"WORLD_SIZE": "2", "RANK": "0", var: "true"})
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()  # refused before any process group was opened
 
 
 def test_a_rank_is_a_featurize_shard() -> None:
@@ -207,3 +224,25 @@ def test_accelerate_launch_featurize_equals_one_process(tiny_model_dir: Path, tm
     from ethos.runtime.featurize import read_scores
 
     _same_table(read_scores(tmp_path / "two.parquet"), read_scores(tmp_path / "one.parquet"))
+
+
+def test_audit_under_a_launcher_runs_on_rank_0_only(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 -m ethos.runtime.cli audit ...``: rank 0 audits, writes and
+    prints the document; rank 1 only says it has nothing to do; both exit 0."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    assert torchrun.is_file(), "torch's launcher is not installed next to this Python"
+    logs = tmp_path / "logs"
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3",
+         "-m", "ethos.runtime.cli", "audit", "--concepts", "verbosity", "--limit", str(LIMIT), "--model",
+         str(tiny_model_dir), "--n-boot", "50", "--json", "--out", str(tmp_path / "audit")],
+        env=_env(tmp_path / "c"), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]  # every rank exited 0
+    out0, out1, err1 = (next(logs.glob(f"*/attempt_0/{r}/{stream}.log")).read_text()
+                        for r, stream in ((0, "stdout"), (1, "stdout"), (1, "stderr")))
+    doc = json.loads(out0)
+    assert doc == json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert [c["name"] for c in doc["concepts"]] == ["verbosity"]
+    assert out1 == "" and "ethos audit: rank 1 of 2: the audit runs on rank 0 only" in err1
+    assert sorted(p.name for p in (tmp_path / "audit").iterdir()) == ["audit.html", "audit.json", "audit.md"]
