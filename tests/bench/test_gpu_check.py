@@ -36,7 +36,7 @@ def test_gpu_check_tiny_passes_every_step(tmp_path: Path) -> None:
     assert p.returncode == 0 and summary["ok"] and not failed, (p.stdout[-3000:], failed)
     steps = {s["step"] for s in summary["steps"]}
     assert {"default-model", "plan", "featurize-lenses", "audit-discover", "apply", "train-all-protocols", "train-ablation",
-            "train-steering", "train-penalty", "train-features-ablation", "train-vanilla", "evaluate", "sae-train",
+            "train-steering", "train-penalty", "train-features-ablation", "train-vanilla", "evaluate", "gpu-tests", "sae-train",
             "sae-eval", "sae-describe", "bench-featurize", "bench-sae", "bench-train-step"} <= steps
     assert summary["size"] == "tiny" and summary["machine"]["device"]
     by_step = {s["step"]: s for s in summary["steps"]}

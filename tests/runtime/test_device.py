@@ -371,6 +371,60 @@ def test_sae_eval_on_cuda_equals_cpu(tiny_model_dir: Path, tiny_sae_dir: Path, m
         assert got["cuda"][k] == pytest.approx(got["cpu"][k], rel=1e-3, abs=1e-4)
 
 
+@pytest.mark.gpu
+@needs_cuda
+def test_evaluate_on_cuda_equals_cpu(tiny_model_dir: Path) -> None:
+    """``ethos evaluate``'s pieces on CUDA: held-out log-probs and a reward model's scores equal the
+    CPU's, and greedy generation runs on the device and returns host strings."""
+    from ethos.runtime.evaluate import generate, reward_scores, sequence_logps
+    from ethos.runtime.reward import load_reward_model
+
+    got, rewards, replies = {}, {}, {}
+    for device in ("cpu", "cuda"):
+        model, tok, _ = load_model(tiny_model_dir, dtype=torch.float32, device=device)
+        got[device] = sequence_logps(model, tok, _chats(5), batch_size=2)
+        replies[device] = generate(model, tok, [c[0] for c in _chats(3)], max_new_tokens=6, batch_size=2)
+        rm, rtok, _ = load_reward_model(tiny_model_dir, dtype=torch.float32, device=device)
+        rewards[device] = reward_scores(rm, rtok, _chats(4), batch_size=4)
+    np.testing.assert_allclose(got["cuda"], got["cpu"], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(rewards["cuda"], rewards["cpu"], rtol=1e-3, atol=1e-3)
+    assert len(replies["cuda"]) == 3 and all(isinstance(r, str) for r in replies["cuda"])
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_two_training_steps_on_cuda_with_every_protocol(tiny_model_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shaped trainer on CUDA in bf16 (the default there): weights, offsets and every hook,
+    with the directions made on the CPU (as probes and SAEs give them) moved to the model."""
+    import json
+    import math
+
+    from datasets import Dataset
+
+    from ethos.runtime import trainer as T
+    from ethos.runtime.settings import TrainSettings
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    model, tok, _ = load_model(tiny_model_dir)  # ethos's choice: CUDA, bf16
+    assert model.device.type == "cuda" and T.pick_bf16(TrainSettings())
+    chats = _chats(4)
+    rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}],
+             "weight": w, "margin_offset": o} for (p, c, r), w, o in zip(chats, [1.0, 0.5, 2.0, 1.0], [0.1, 0.0, -0.2, 0.3])]
+    d = model.config.hidden_size
+    unit = torch.nn.functional.normalize(torch.randn(1, d), dim=1)
+    rules = [T.ActivationRule("ablation", "a", 0.0, unit), T.ActivationRule("steering", "s", 0.5, unit, 2.0),
+             T.ActivationRule("penalty", "p", 0.0, unit, 0.1)]
+    log = T.JsonlLog(tmp_path / "log.jsonl")
+    s = TrainSettings(lora=True, lora_r=4, steps=2, batch_size=2, max_length=64, progress=False)
+    trainer = T.build_trainer(model, tok, Dataset.from_list(rows), s, out=tmp_path / "run", layer=0, rules=rules,
+                              callbacks=[log])
+    assert math.isfinite(trainer.train().training_loss)
+    steps = [r for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(steps) == 2 and all(math.isfinite(r["ethos/penalty"]) and r["ethos/ablation_norm_removed"] > 0
+                                   for r in steps)
+
+
 def test_tensors_reach_numpy_only_through_the_device_module() -> None:
     """``.numpy()`` on a CUDA tensor is the TypeError issue 11 began with; ethos reads device
     tensors through ``ethos.runtime.device.to_numpy`` (``to_float``, ``to_list``) only."""
