@@ -305,3 +305,35 @@ def test_probe_direction_is_a_unit_vector_read_with_the_model_runtime(tiny_model
     assert list(dirs) == ["p"] and dirs["p"].shape == (1, 64)
     assert float(dirs["p"].norm()) == pytest.approx(1.0, abs=1e-5)
     assert model.training  # the model is left in the mode it was in
+
+
+def test_two_bf16_steps_with_every_protocol(tiny_model_dir, env, monkeypatch):
+    """Training in bf16, as on a GPU (``pick_dtype`` loads the model in bf16 on CUDA and
+    ``pick_bf16`` turns mixed precision on), on the CPU: weights, offsets and every hook, whose
+    directions are float32 as probes and SAEs give them. A dtype mixed up in a hook or in the
+    recomputed loss fails here as it would on CUDA, where this path is the default."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("ETHOS_DTYPE", "bfloat16")
+    assert T.pick_bf16(TrainSettings()) is True  # what a GPU gets by default
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rules = [T.ActivationRule("ablation", "a", 0.0, unit(seed=2)),
+             T.ActivationRule("steering", "s", 0.5, unit(), 2.0),
+             T.ActivationRule("penalty", "p", 0.0, unit(), 0.1)]
+    assert all(r.unit.dtype == torch.float32 for r in rules)
+    log = T.JsonlLog(env / "log.jsonl")
+    s = TrainSettings(lora=True, lora_r=4, steps=2, batch_size=2, max_length=64, progress=False, learning_rate=1e-2)
+    tr = T.build_trainer(model, tok, dataset([1.0, 0.5, 2.0, 1.0], [0.1, 0.0, -0.2, 0.3]), s, out=env / "run",
+                         layer=0, rules=rules, callbacks=[log])
+    assert tr.args.bf16
+    assert math.isfinite(tr.train().training_loss)
+    steps = [r for r in map(json.loads, (env / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(steps) == 2
+    for key in ("ethos/weighted_loss", "ethos/margin_offset_mean", "ethos/penalty", "ethos/ablation_norm_removed",
+                "ethos/steering_norm", "ethos/dpo_loss"):
+        assert all(key in r and math.isfinite(r[key]) for r in steps), key
+    assert steps[0]["ethos/steering_norm"] == pytest.approx(1.0, rel=1e-2)  # (1 − 0.5)·2·|u|, in bf16
+    lora = [p for n, p in tr.model.named_parameters() if "lora_B" in n]  # moved, and finite
+    assert lora and all(torch.isfinite(p).all() for p in lora) and any(p.abs().sum() > 0 for p in lora)
