@@ -105,3 +105,37 @@ def test_a_step_over_its_time_is_killed_and_the_budget_stops_new_steps(tmp_path:
     (slow,) = r.steps
     assert slow["exit"] == 124 and slow["seconds"] < 10 and "timed out after 1 s" in slow["tail"]
     assert r.not_run == ["late"]
+
+
+def test_a_step_that_cannot_start_fails_and_the_run_goes_on(tmp_path: Path) -> None:
+    gc = _gpu_check_module()
+    r = gc.Runner(tmp_path, timeout=60, jobs=2)
+    r.run_all([gc.Step("missing", [str(tmp_path / "no-such-program")]), gc.Step("next", _sleep(0.1)),
+               gc.Step("after-missing", _sleep(0.1), after=("missing",))], budget=None, on_done=lambda: None)
+    by = {s["step"]: s for s in r.steps}
+    assert by["missing"]["exit"] == 127 and "could not start" in by["missing"]["tail"] and by["next"]["ok"]
+    assert r.not_run == ["after-missing"]
+
+
+def test_ctrl_c_stops_the_steps_that_run(tmp_path: Path) -> None:
+    import time
+
+    gc = _gpu_check_module()
+    pid_file = tmp_path / "pid"
+    long = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"]
+    r = gc.Runner(tmp_path, timeout=120, jobs=2)
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        r.run_all([gc.Step("long", long), gc.Step("quick", _sleep(1.0))], budget=None, on_done=interrupt)
+    pid = int(pid_file.read_text())
+    for _ in range(100):  # killed (then reaped by its waiting thread)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"step process {pid} still runs after Ctrl-C")
