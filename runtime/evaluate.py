@@ -435,23 +435,41 @@ class Scorer:
                     lens.prepare(self.context)
 
     def score(self, prompts: Sequence[Sequence[dict[str, str]]], replies: Sequence[str]) -> dict[str, np.ndarray]:
+        """Each concept's reported score of every reply. Activation lenses pool batch by batch on
+        the model's device (only a batch's activations are held at a time) and each batch's
+        scores, every lens together, cross to the host in one copy."""
         from .data import Message
-        from .model import tokenize_pair
+        from .model import POOL_STATS
 
         items = [(tuple(Message(m["role"], m["content"]) for m in p), r) for p, r in zip(prompts, replies)]
         out: dict[str, np.ndarray] = {}
-        acts = None
         for name, lens in self.lenses.items():
             if lens.needs in ("text", "tokenizer"):
                 scores = lens.score_texts(items)
-            else:
-                if acts is None:
-                    rt = self.context.runtime
-                    toks = [tokenize_pair(rt.tokenizer, p, [r], max_tokens=rt.max_tokens) for p, r in items]
-                    acts = [a[0] for a in rt.encoder.encode(toks, batch_size=rt.batch_size)]
-                scores = lens.score_activations(acts)
-            out[name] = np.array([s.get(lens.report, float("nan")) for s in scores], dtype=float)
-        return out
+                out[name] = np.array([s.get(lens.report, float("nan")) for s in scores], dtype=float)
+        active = [n for n, lens in self.lenses.items() if lens.needs == "activations"]
+        if active:
+            pooled = self._pooled(items, active)  # (lenses, replies, mean/max)
+            for k, name in enumerate(active):
+                out[name] = pooled[k, :, POOL_STATS.index(self.lenses[name].report)].astype(float)
+        return {name: out[name] for name in self.lenses}
+
+    def _pooled(self, items: Sequence[tuple[Any, str]], names: Sequence[str]) -> np.ndarray:
+        import torch
+
+        from .device import to_numpy
+        from .featurize import default_share_prompt
+        from .model import POOL_STATS, length_batches, tokenize_pair
+
+        rt = self.context.runtime
+        share = default_share_prompt(rt.device)
+        toks = [tokenize_pair(rt.tokenizer, p, [r], max_tokens=rt.max_tokens) for p, r in items]
+        pooled = np.full((len(names), len(items), len(POOL_STATS)), np.nan)
+        for batch in length_batches(toks, rt.batch_size, share_prompt=share):
+            replies = rt.encoder.encode_replies([toks[i] for i in batch], share_prompt=share)
+            scores = to_numpy(torch.stack([self.lenses[n].pool_activations(replies).to(rt.device) for n in names]))
+            pooled[:, batch, :] = scores
+        return pooled
 
 
 # ---------------------------------------------------------------------------------------------

@@ -240,3 +240,34 @@ def test_cli_errors_are_one_line(tmp_path, policy, capsys):
     assert main(["evaluate", "--base", "x", "--models", str(tmp_path / "none"), "--prompts", str(tmp_path / "p.jsonl"),
                  "--policy", str(policy)]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_activation_lenses_score_batch_by_batch_as_each_reply_alone(tiny_model_dir, tiny_sae_dir, tmp_path, ethos_cache):
+    """``Scorer`` pools the activation lenses batch by batch (only a batch's activations held on
+    the device); every reply's score equals scoring it alone, mean or max as the concept reports."""
+    from ethos.compiler.compile import compile_source
+    from ethos.runtime.data import Message
+    from ethos.runtime.model import load_model, tokenize_pair
+
+    (tmp_path / "probe.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "Is Paris the capital?", "positive": "Yes, brilliant question!", "negative": "Yes."},
+        {"prompt": "Hello", "positive": "You are amazing!", "negative": "Hello."}]))
+    source = (f'policy "s";\nmodel "{tiny_model_dir}" layer 0;\nsae "{tiny_sae_dir}";\n'
+              'concept p = probe "probe.jsonl";\nconcept f = features 1, 7 pool max;\nconcept v = metric words;\n'
+              'keep concept p;\nkeep concept f;\nkeep concept v;\n')
+    (tmp_path / "s.ethos").write_text(source)
+    plan = compile_source(source, path=str(tmp_path / "s.ethos")).plan
+    model, tok, fp = load_model(tiny_model_dir)
+    scorer = E.Scorer(plan, model, tok, fp, 0, str(tiny_model_dir))
+    scorer.context.runtime.batch_size = 2
+    prompts = [[{"role": "user", "content": f"Question {i}: {'why ' * i}?"}] for i in range(5)]
+    replies = ["Sure.", "You are amazing, brilliant question!", "", "Paris is the capital of France, I think.", "Ok " * 9]
+    got = scorer.score(prompts, replies)
+    assert list(got) == [c.name for c in plan.concepts] and set(got) == {"p", "f", "v"}
+    rt = scorer.context.runtime
+    for name in ("p", "f"):
+        lens = scorer.lenses[name]
+        alone = [lens.score_activations(rt.encoder.encode_batch([tokenize_pair(tok, [Message(**m) for m in p], [r])])[0])
+                 [0][lens.report] for p, r in zip(prompts, replies)]
+        np.testing.assert_allclose(got[name], alone, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert scorer.lenses["f"].report == "max" and got["v"][1] == 5.0
