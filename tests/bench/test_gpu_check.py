@@ -38,7 +38,7 @@ def test_gpu_check_tiny_passes_every_step(tmp_path: Path) -> None:
     assert {"default-model", "plan", "featurize-lenses", "audit-discover", "apply", "train-all-protocols", "train-ablation",
             "train-steering", "train-penalty", "train-features-ablation", "train-vanilla", "evaluate", "gpu-tests", "sae-train",
             "sae-eval", "sae-describe", "bench-featurize", "bench-sae", "bench-train-step"} <= steps
-    assert summary["size"] == "tiny" and summary["machine"]["device"]
+    assert summary["size"] == "tiny" and summary["jobs"] == 2 and summary["machine"]["device"]
     by_step = {s["step"]: s for s in summary["steps"]}
     # every lens ran on the device gpu-check names, and the benches report it too
     featurize = by_step["featurize-lenses"]["result"]
