@@ -458,8 +458,7 @@ class Scorer:
         import torch
 
         from .device import to_numpy
-        from .featurize import default_share_prompt
-        from .model import POOL_STATS, length_batches, tokenize_pair
+        from .model import POOL_STATS, default_share_prompt, length_batches, tokenize_pair
 
         rt = self.context.runtime
         share = default_share_prompt(rt.device)

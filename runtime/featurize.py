@@ -64,6 +64,7 @@ from .model import (
     POOL_STATS,
     PairTokens,
     check_layer,
+    default_share_prompt,
     length_batches,
     model_fingerprint,
     model_runtime,
@@ -334,17 +335,6 @@ def featurize(
         "stats": stats,
     }
     return table
-
-
-def default_share_prompt(device: torch.device) -> bool:
-    """Whether featurize shares each prompt's KV cache between its two replies by default.
-
-    On the CPU the forward's cost follows the tokens run, and running each prompt once is faster
-    (1.38x on multi-turn hh-rlhf, docs/performance.md). On a GPU the forward of a small model
-    costs what its padded batch costs, and the shared forward's padding (57% of positions against
-    24% for plain rows) outweighs the prompt tokens it saves: 0.77x of plain rows on an H200 with
-    the default model, 0.87x with a 1B model. So: shared on the CPU, plain rows elsewhere."""
-    return device.type == "cpu"
 
 
 def _extra(lens: Lens) -> dict[str, Any]:
